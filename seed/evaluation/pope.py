@@ -1,0 +1,515 @@
+"""POPE (Li et al., EMNLP 2023): build yes/no object questions, parse answers, score them.
+
+Question records have the official shape
+``{"question_id": 1, "image": "x.jpg", "text": "Is there a car in the image?", "label": "yes"}``.
+The three COCO splits ship with the package (MIT, RUCAIBox/POPE), together with the old
+2910-question random split (``random.v2023-08``) so that answers made for it are recognised.
+
+Answers are joined to questions by ``question_id``, never by order. Metrics take "yes" as the
+positive class and are fractions in [0, 1]; ``yes_ratio`` is the share of *predicted* yes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import random
+import string
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from seed.errors import SeedError
+from seed.io import iter_jsonl, library_versions, md5_file, read_json, write_json, write_jsonl
+
+SPLITS = ("random", "popular", "adversarial")
+PARSERS = ("official", "strict")
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "n", "unparsed")
+
+DATA_DIR = Path(__file__).parent / "data"
+# Shipped question files by name; "random.v2023-08" is the old random split (84 images lack
+# negatives) that some harnesses still pin — kept to recognise answers made for it.
+SHIPPED = {
+    "random": "coco_pope_random.json",
+    "popular": "coco_pope_popular.json",
+    "adversarial": "coco_pope_adversarial.json",
+    "random.v2023-08": "coco_pope_random.v2023-08.json",
+}
+
+
+# --------------------------------------------------------------------------- question files
+@dataclass(frozen=True)
+class QuestionSet:
+    """Questions of one split with where they came from (``md5`` goes into manifests)."""
+
+    name: str
+    path: Path
+    md5: str
+    questions: list[dict]
+
+
+def load_questions(source: str | Path) -> QuestionSet:
+    """Read a question set: a shipped name (``random``, ``popular``, ``adversarial``,
+    ``random.v2023-08``) or a file, as JSON Lines or as one JSON array.
+
+    Every record needs ``question_id`` and a ``label`` of yes/no; ids must be unique.
+    """
+    if isinstance(source, str) and source in SHIPPED:
+        path, name = DATA_DIR / SHIPPED[source], source
+    else:
+        path = Path(source)
+        if not path.exists() and not path.suffix and len(path.parts) == 1:
+            raise SeedError(f"unknown POPE split {str(source)!r}: choose {', '.join(SHIPPED)} or give a question file")
+        name = path.stem
+    questions = []
+    for i, r in enumerate(_read_records(path), 1):
+        if "question_id" not in r or "label" not in r:
+            raise SeedError(f"{path}: record {i} lacks question_id or label")
+        label = r["label"].strip().lower() if isinstance(r["label"], str) else r["label"]
+        if label not in ("yes", "no"):
+            raise SeedError(f"{path}: record {i} has label {r['label']!r}; POPE labels are yes or no")
+        questions.append(
+            {"question_id": _qid(r["question_id"], path, i), "image": r.get("image"), "text": r.get("text"), "label": label}
+        )
+    if not questions:
+        raise SeedError(f"{path}: no questions")
+    counts = Counter(q["question_id"] for q in questions)
+    duplicates = sorted((k for k, c in counts.items() if c > 1), key=str)
+    if duplicates:
+        raise SeedError(f"{path}: {len(duplicates)} duplicate question_ids (e.g. {_examples(duplicates)})")
+    return QuestionSet(name=name, path=path, md5=md5_file(path), questions=questions)
+
+
+def write_questions(path: str | Path, questions: Iterable[dict]) -> None:
+    """Write questions as official POPE JSON Lines (atomically)."""
+    write_jsonl(path, ({k: q[k] for k in ("question_id", "image", "text", "label")} for q in questions))
+
+
+# --------------------------------------------------------------------------- building
+def build_pope(annotations: str | Path | dict, split: str, num_images: int = 500, seed: int = 0) -> list[dict]:
+    """Build a POPE split from a COCO-format instances file (or its loaded dict).
+
+    Objects of an image are its annotated categories in annotation order. Images with at
+    least 3 objects are eligible; ``num_images`` of them are sampled with ``seed``. Each of
+    an image's first 3 objects gives a "yes" question followed by a "no" question whose
+    object is absent from the image and not used before for it:
+
+    - random: uniform over the categories occurring in the sampled images;
+    - popular: the most frequent category over the sampled images;
+    - adversarial: the category co-occurring most often with the positive (else random).
+
+    Ties go to the lower category id. The ``image`` field is the COCO ``file_name``.
+    """
+    if split not in SPLITS:
+        raise SeedError(f"unknown POPE split {split!r}: choose {', '.join(SPLITS)}")
+    if num_images < 1:
+        raise SeedError(f"--num-images must be at least 1, not {num_images}")
+    coco = _load_coco(annotations)
+    objects = _image_objects(coco)
+    eligible = sorted(i for i, objs in objects.items() if len(objs) >= 3)
+    if len(eligible) < num_images:
+        raise SeedError(f"only {len(eligible)} images have 3 or more objects; ask for at most that many with --num-images")
+
+    rng = random.Random(seed)
+    images = rng.sample(eligible, num_images)
+    present = [set(objects[i]) for i in images]
+    pool = sorted(set().union(*present))
+    frequency = Counter(c for cats in present for c in cats)
+    popular = sorted(pool, key=lambda c: (-frequency[c], c))
+    cooccur: dict[int, Counter] = defaultdict(Counter)
+    for cats in present:
+        for a in cats:
+            cooccur[a].update(b for b in cats if b != a)
+
+    questions: list[dict] = []
+    for image_id in images:
+        file_name = coco.imgs[image_id].get("file_name", str(image_id))
+        taken = set(objects[image_id])  # present objects and negatives already asked
+        for positive in objects[image_id][:3]:
+            if split == "popular":
+                negative = next((c for c in popular if c not in taken), None)
+            elif split == "adversarial":
+                ranked = sorted((c for c in cooccur[positive] if c not in taken), key=lambda c: (-cooccur[positive][c], c))
+                negative = ranked[0] if ranked else _random_absent(pool, taken, rng)
+            else:
+                negative = _random_absent(pool, taken, rng)
+            if negative is None:
+                raise SeedError(f"image {file_name}: no absent category left for a {split} negative (too few categories)")
+            taken.add(negative)
+            for category, label in ((positive, "yes"), (negative, "no")):
+                name = coco.cats[category]["name"]
+                questions.append(
+                    {"question_id": len(questions) + 1, "image": file_name, "text": question_text(name), "label": label}
+                )
+    return questions
+
+
+def question_text(name: str) -> str:
+    """The POPE question about one object ("an" before a vowel)."""
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"Is there {article} {name} in the image?"
+
+
+def _random_absent(pool: Sequence[int], taken: set[int], rng: random.Random) -> int | None:
+    candidates = [c for c in pool if c not in taken]
+    return rng.choice(candidates) if candidates else None
+
+
+def _load_coco(annotations: str | Path | dict):
+    from pycocotools.coco import COCO
+
+    data = annotations if isinstance(annotations, dict) else read_json(annotations)
+    where = "annotations" if isinstance(annotations, dict) else str(annotations)
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+        raise SeedError(f"{where}: not a COCO instances file (needs images, annotations and categories)")
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+    except (KeyError, TypeError) as e:
+        raise SeedError(f"{where}: not a COCO instances file (bad record: {e})") from None
+    return coco
+
+
+def _image_objects(coco) -> dict[int, list[int]]:
+    """Distinct category ids of each image, in annotation order."""
+    objects = {}
+    for image_id in coco.imgs:
+        cats: list[int] = []
+        for ann in coco.imgToAnns.get(image_id, []):
+            category = ann.get("category_id")
+            if category not in coco.cats:
+                raise SeedError(f"annotation {ann.get('id')}: unknown category_id {category!r}")
+            if category not in cats:
+                cats.append(category)
+        objects[image_id] = cats
+    return objects
+
+
+# --------------------------------------------------------------------------- answers
+def load_answers(path: str | Path) -> list[dict]:
+    """Read model answers (JSON Lines or a JSON array) keyed by ``question_id``.
+
+    The answer is ``answer`` if present (then ``text``, if any, is the question, as in a
+    question file with answers added), else ``text`` (LLaVA style). ``image``, ``prompt``
+    and ``question``, when present, are kept to check that the answers fit the questions.
+    """
+    path = Path(path)
+    answers = answer_records(_read_records(path), where=str(path))
+    if not answers:
+        raise SeedError(f"{path}: no answers (empty file)")
+    return answers
+
+
+def answer_records(records: Iterable[dict], where: str = "answers") -> list[dict]:
+    """Normalise answer records (see :func:`load_answers`) to ``question_id``, ``answer`` and
+    the optional ``image``, ``question`` and ``prompt``; normalised records pass unchanged."""
+    answers = []
+    for i, r in enumerate(records, 1):
+        if "question_id" not in r:
+            raise SeedError(f"{where}: record {i} has no question_id")
+        if "answer" in r:
+            answer, question = r["answer"], r.get("text", r.get("question"))
+        elif "text" in r:
+            answer, question = r["text"], r.get("question")
+        else:
+            raise SeedError(f"{where}: record {i} has neither text nor answer")
+        if not isinstance(answer, str):
+            raise SeedError(f"{where}: record {i}: the answer is {type(answer).__name__}, not a string")
+        record = {"question_id": _qid(r["question_id"], where, i), "answer": answer}
+        for key, value in (("image", r.get("image")), ("question", question), ("prompt", r.get("prompt"))):
+            if isinstance(value, str):
+                record[key] = value
+        answers.append(record)
+    return answers
+
+
+def write_answers(path: str | Path, records: Iterable[dict]) -> None:
+    """Write model answers as JSON Lines (``question_id``, ``prompt``, ``text``, any extras), atomically."""
+    write_jsonl(path, records)
+
+
+def parse_answer(text: str, parser: str = "official") -> str | None:
+    """Map a free-text answer to "yes", "no", or None (strict parser only: unparsed).
+
+    official (RUCAIBox/POPE, LLaVA): text before the first '.', commas dropped, split on
+    spaces; any word exactly ``No``, ``no`` or ``not`` → "no", else "yes" — so "" and "NO"
+    are yes. strict: lowercase, punctuation removed; "yes" without "no" → yes, the reverse
+    → no, anything else → None.
+    """
+    if parser == "official":
+        words = text.split(".")[0].replace(",", "").split(" ")
+        return "no" if any(w in ("No", "no", "not") for w in words) else "yes"
+    if parser == "strict":
+        words = set(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
+        if "yes" in words and "no" not in words:
+            return "yes"
+        if "no" in words and "yes" not in words:
+            return "no"
+        return None
+    raise SeedError(f"unknown parser {parser!r}: choose {' or '.join(PARSERS)}")
+
+
+# --------------------------------------------------------------------------- scoring
+def join_answers(questions: Sequence[dict], answers: Iterable[dict]) -> list[tuple[dict, dict]]:
+    """Pair each question with its (normalised, see :func:`answer_records`) answer by ``question_id``.
+
+    Refused (SeedError): missing, duplicate or unknown ids, and answers whose ``image`` or
+    question text disagree with the questions; the message says which shipped version the
+    answers look like when one fits.
+    """
+    answers = answer_records(answers)
+    by_id = {q["question_id"]: q for q in questions}
+    counts = Counter(a["question_id"] for a in answers)
+    missing = [k for k in by_id if k not in counts]
+    unknown = [k for k in counts if k not in by_id]
+    duplicate = [k for k, c in counts.items() if c > 1]
+    if missing or unknown or duplicate:
+        parts = [f"{len(missing)} missing", f"{len(duplicate)} duplicate", f"{len(unknown)} unknown"]
+        examples = "; ".join(
+            f"{kind} e.g. {_examples(ids)}"
+            for kind, ids in (("missing", missing), ("duplicate", duplicate), ("unknown", unknown))
+            if ids
+        )
+        raise SeedError(
+            f"answers do not match the questions: {', '.join(parts)} question_ids "
+            f"({len(answers)} answers for {_version_of(questions)}; {examples}){_looks_like(answers, questions)}"
+        )
+    mismatched = sum(not _fits(a, by_id[a["question_id"]]) for a in answers)
+    if mismatched:
+        raise SeedError(
+            f"answers do not belong to these questions: {mismatched} of {len(answers)} carry another image or question "
+            f"({_version_of(questions)}){_looks_like(answers, questions)}"
+        )
+    return [(by_id[a["question_id"]], a) for a in answers]
+
+
+def score(questions: Sequence[dict], answers: Iterable[dict], parser: str = "official") -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 (yes = positive), yes_ratio, n and unparsed.
+
+    Unparsed answers (strict parser) count as wrong and as neither yes nor no predictions.
+    ``answers`` are records as in an answers file (``text`` or ``answer``) or as loaded.
+    """
+    parse_answer("", parser)  # refuse an unknown parser before joining
+    if not questions:
+        raise SeedError("no questions to score")
+    pairs = join_answers(questions, answers)
+    predictions = [(q["label"], parse_answer(a["answer"], parser)) for q, a in pairs]
+    tp = sum(label == "yes" and pred == "yes" for label, pred in predictions)
+    fp = sum(label == "no" and pred == "yes" for label, pred in predictions)
+    tn = sum(label == "no" and pred == "no" for label, pred in predictions)
+    positives = sum(label == "yes" for label, _ in predictions)
+    n = len(predictions)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / positives if positives else 0.0
+    return {
+        "accuracy": (tp + tn) / n,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": (tp + fp) / n,
+        "n": n,
+        "unparsed": sum(pred is None for _, pred in predictions),
+    }
+
+
+def score_splits(
+    questions: Mapping[str, Sequence[dict]], answers: Mapping[str, Sequence[dict]], parser: str = "official"
+) -> dict[str, Any]:
+    """Score several splits → ``{"metrics": mean over splits, "splits": {name: metrics}}``.
+
+    The mean's ``f1`` is the single POPE score (mean F1); ``n`` and ``unparsed`` are summed.
+    """
+    if set(questions) != set(answers):
+        raise SeedError(f"splits differ between questions ({', '.join(questions)}) and answers ({', '.join(answers)})")
+    splits = {}
+    for name in questions:
+        try:
+            splits[name] = score(questions[name], answers[name], parser)
+        except SeedError as e:
+            raise SeedError(f"{name} split: {e}") from None
+    mean = {k: sum(m[k] for m in splits.values()) / len(splits) for k in METRIC_KEYS if k not in ("n", "unparsed")}
+    mean["n"] = sum(m["n"] for m in splits.values())
+    mean["unparsed"] = sum(m["unparsed"] for m in splits.values())
+    return {"metrics": {k: mean[k] for k in METRIC_KEYS}, "splits": splits}
+
+
+# --------------------------------------------------------------------------- answers files → results
+def score_answers_file(
+    answers: str | Path, questions: str | Path = "random", parser: str = "official", benchmark: str | None = None
+) -> dict:
+    """Score one answers file against a question set → a result record (see :func:`result_record`)."""
+    question_set = load_questions(questions)
+    metrics = score(question_set.questions, load_answers(answers), parser)
+    manifest = make_manifest(parser=parser, questions_md5=question_set.md5)
+    return result_record(benchmark or f"pope-{question_set.name}", metrics, manifest)
+
+
+def score_pope_files(answers: Mapping[str, str | Path], parser: str = "official") -> dict:
+    """Score answers files for the three shipped COCO splits → the ``pope`` result record."""
+    if set(answers) != set(SPLITS):
+        raise SeedError(f"pope needs answers for {', '.join(SPLITS)}; got {', '.join(answers) or 'none'}")
+    question_sets = {name: load_questions(name) for name in SPLITS}
+    scored = score_splits(
+        {n: qs.questions for n, qs in question_sets.items()}, {n: load_answers(answers[n]) for n in SPLITS}, parser
+    )
+    manifest = make_manifest(parser=parser, questions_md5={n: qs.md5 for n, qs in question_sets.items()})
+    return result_record("pope", scored["metrics"], manifest, splits=scored["splits"])
+
+
+def make_manifest(
+    parser: str,
+    questions_md5: str | Mapping[str, str],
+    model: str | None = None,
+    adapter: str | None = None,
+    protocol: str | None = None,
+    seeds: Sequence[int] | None = None,
+) -> dict:
+    """What produced a result. ``model``/``adapter``/``protocol``/``seeds`` stay None when
+    scoring answers files; ``questions_md5`` is one hash, or one per split for ``pope``."""
+    return {
+        "model": model,
+        "adapter": adapter,
+        "protocol": protocol,
+        "parser": parser,
+        "seeds": list(seeds) if seeds is not None else None,
+        "questions_md5": questions_md5 if isinstance(questions_md5, str) else dict(questions_md5),
+        "versions": library_versions(),
+    }
+
+
+def result_record(
+    benchmark: str, metrics: Mapping[str, Any], manifest: Mapping[str, Any], splits: Mapping[str, Mapping] | None = None
+) -> dict:
+    """``{"benchmark", "metrics", "splits" (pope only), "manifest"}`` — the ``--output`` JSON."""
+    record: dict[str, Any] = {"benchmark": benchmark, "metrics": {k: metrics[k] for k in METRIC_KEYS}}
+    if splits is not None:
+        record["splits"] = {name: {k: m[k] for k in METRIC_KEYS} for name, m in splits.items()}
+    record["manifest"] = dict(manifest)
+    return record
+
+
+def write_result(path: str | Path, result: Mapping[str, Any]) -> None:
+    """Write a result record (from :func:`result_record`) as JSON, atomically."""
+    write_json(path, dict(result))
+
+
+def metrics_table(result: Mapping[str, Any]):
+    """A rich table of a result record: one row per split (and the mean for ``pope``), in %."""
+    from rich.table import Table
+
+    table = Table(title=f"{result['benchmark']} (parser: {result['manifest']['parser']})")
+    for column in ("split", "Acc %", "P %", "R %", "F1 %", "yes-ratio %", "n", "unparsed"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+
+    def row(name: str, m: Mapping[str, Any], style: str | None = None) -> None:
+        cells = [f"{100 * m[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")]
+        table.add_row(name, *cells, str(m["n"]), str(m["unparsed"]), style=style)
+
+    if "splits" in result:
+        for name, m in result["splits"].items():
+            row(name, m)
+        row("mean", result["metrics"], style="bold")
+    else:
+        row(result["benchmark"].removeprefix("pope-"), result["metrics"])
+    return table
+
+
+# --------------------------------------------------------------------------- helpers
+def _read_records(path: Path) -> list[dict]:
+    """Records of a JSON Lines file or of a file holding one JSON array of objects."""
+    if path.is_dir():
+        raise SeedError(f"{path}: is a folder, not a file")
+    if not path.is_file():
+        raise SeedError(f"{path}: no such file")
+    try:
+        with path.open(encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+        if not head.startswith("["):
+            return list(iter_jsonl(path))
+        data = read_json(path)
+    except UnicodeDecodeError:
+        raise SeedError(f"{path}: not UTF-8 text") from None
+    for i, r in enumerate(data, 1):
+        if not isinstance(r, dict):
+            raise SeedError(f"{path}: element {i} of the JSON array is not an object")
+    return data
+
+
+def _qid(value: Any, path: Path | str, i: int) -> int | str:
+    """Question ids are ints; digit strings are read as ints so "7" and 7 join."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise SeedError(f"{path}: record {i} has question_id {value!r}; expected an integer")
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
+def _examples(ids: Sequence, k: int = 3) -> str:
+    shown = sorted(ids, key=lambda x: (isinstance(x, str), x))[:k]
+    return ", ".join(map(str, shown)) + (", ..." if len(ids) > k else "")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _fits(answer: dict, question: Mapping) -> bool:
+    """Whether the optional image / question / prompt of an answer agree with the question."""
+    if "image" in answer and question.get("image") is not None and answer["image"] != question["image"]:
+        return False
+    text = question.get("text")
+    if text is None:
+        return True
+    if "question" in answer and _norm(answer["question"]) != _norm(text):
+        return False
+    return "prompt" not in answer or _norm(text) in _norm(answer["prompt"])
+
+
+@functools.cache
+def _shipped_questions(name: str) -> tuple[dict, ...]:
+    return tuple(load_questions(name).questions)
+
+
+def _shipped_fitting(records: Sequence[dict], fits) -> list[str]:
+    """Shipped versions with exactly the ids of ``records`` and whose records all fit."""
+    ids = [r["question_id"] for r in records]
+    found = []
+    for name in SHIPPED:
+        shipped = {q["question_id"]: q for q in _shipped_questions(name)}
+        if len(ids) == len(shipped) and set(ids) == shipped.keys() and all(fits(r, shipped[r["question_id"]]) for r in records):
+            found.append(name)
+    return found
+
+
+def _describe(names: Sequence[str]) -> str:
+    count = len(_shipped_questions(names[0]))
+    if names == ["random.v2023-08"]:
+        return f"the old COCO random split (random.v2023-08, {count} questions)"
+    if len(names) == 1:
+        return f"the current COCO {names[0]} split ({count} questions)"
+    return f"a shipped COCO split ({' or '.join(names)}, {count} questions)"
+
+
+def _version_of(questions: Sequence[dict]) -> str:
+    """How many questions, and which shipped version they are if they are one (for messages)."""
+    same = lambda q, s: (q.get("image"), q.get("text"), q["label"]) == (s["image"], s["text"], s["label"])  # noqa: E731
+    names = _shipped_fitting(questions, same)
+    if len(names) == 1:
+        old = names == ["random.v2023-08"]
+        return f"the {len(questions)} questions of the {'old' if old else 'current'} COCO {names[0].split('.')[0]} split"
+    return f"{len(questions)} questions"
+
+
+def _looks_like(answers: Sequence[dict], questions: Sequence[dict]) -> str:
+    """For messages: the shipped version (other than the questions' own) the answers fit."""
+    names = _shipped_fitting(answers, _fits)
+    own = _shipped_fitting(questions, lambda q, s: (q.get("image"), q.get("text")) == (s["image"], s["text"]))
+    names = [n for n in names if n not in own]
+    if not names:
+        return ""
+    hint = f": score them with --questions {names[0]}" if len(names) == 1 else ""
+    if names == ["random.v2023-08"]:
+        hint += " or re-run the model on the current random split"
+    return f"; they look like {_describe(names)}{hint}"

@@ -1,0 +1,168 @@
+"""Identify → isolate → purge over plain tensors (method.md §2–4).
+
+Shapes use ``...`` for any leading batch dims: ``[B, T]`` for a stored response, ``[B]``
+for one decoding step. ``K`` is the stored top-K width, ``V`` the vocabulary.
+All outputs are fp32 (scores, probabilities) or bool/long (flags, ids).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seed.errors import SeedError
+
+
+# --- §2 identify: raw signals -------------------------------------------------------------
+
+
+def grounding_contrast(logp_image: Tensor, logp_null: Tensor, topk_ids: Tensor | None = None) -> Tensor:
+    """Grounding contrast g(y) = log p(y | v) − log p(y | ṽ) per candidate.
+
+    Low (≤ 0) g means the candidate is as likely without the image: language-prior driven.
+
+    Args:
+        logp_image: with ``topk_ids``, full-vocabulary logits or log-probs ``[..., V]`` of the
+            teacher with the real image; without, log-probs already gathered ``[..., K]``.
+        logp_null: the same with the null image ṽ.
+        topk_ids: optional ``[..., K]`` long candidate ids. When given, both inputs are
+            normalised with ``log_softmax`` (a no-op on log-probs) and gathered at them.
+
+    Returns:
+        ``[..., K]`` fp32 contrast.
+    """
+    logp_image, logp_null = logp_image.float(), logp_null.float()
+    if topk_ids is not None:
+        logp_image = F.log_softmax(logp_image, dim=-1).gather(-1, topk_ids)
+        logp_null = F.log_softmax(logp_null, dim=-1).gather(-1, topk_ids)
+    return logp_image - logp_null
+
+
+def uncertainty(logp_emitted: Tensor) -> Tensor:
+    """Surprisal −log p_t(y_t) of the emitted token; ``[...]`` log-probs → ``[...]`` fp32."""
+    return -logp_emitted.float()
+
+
+def to_unit(scores: Tensor, *, offset: float = 0.0, scale: float = 1.0) -> Tensor:
+    """Map a raw signal to a hallucination score h = σ((s − offset) / scale) ∈ [0, 1].
+
+    Higher ``scores`` must mean "more likely hallucinated": pass ``-g`` for the grounding
+    contrast, the surprisal as is. ``h = 0.5`` exactly at ``offset``; ``scale > 0`` sets how
+    many units of the signal move h from 0.5 to σ(1) ≈ 0.73.
+    """
+    if not scale > 0:
+        raise SeedError(f"to_unit needs scale > 0, got {scale}")
+    return torch.sigmoid((scores.float() - offset) / scale)
+
+
+# --- §3 isolate ---------------------------------------------------------------------------
+
+
+def isolate(scores: Tensor, tau: float) -> Tensor:
+    """H_t = {y ∈ top-K : h_t(y) > τ}: ``[..., K]`` scores → ``[..., K]`` bool (NaN → False)."""
+    return scores > tau
+
+
+def hallucination_sites(topk_ids: Tensor, flagged: Tensor, emitted_ids: Tensor) -> Tensor:
+    """Positions whose emitted token is in H_t.
+
+    An emitted token outside the top-K (possible when sampling) has no candidate score and
+    is not a site.
+
+    Args:
+        topk_ids: ``[..., K]`` long; flagged: ``[..., K]`` bool; emitted_ids: ``[...]`` long.
+
+    Returns:
+        ``[...]`` bool.
+    """
+    return ((topk_ids == emitted_ids.unsqueeze(-1)) & flagged).any(-1)
+
+
+# --- §4 purge -----------------------------------------------------------------------------
+
+
+def effective_flags(topk_probs: Tensor, flagged: Tensor) -> Tensor:
+    """The flags :func:`purge` actually applies: ``flagged`` with fully flagged rows cleared.
+
+    A row is cleared when no unflagged candidate has positive probability (every candidate
+    flagged, or only zero-probability ones left): there is nothing safer to fall back to, so
+    the original distribution is kept and the position counts as unflagged. Store these
+    flags, not the raw ones, to keep flags and purified probabilities consistent.
+
+    Args:
+        topk_probs: ``[..., K]``; flagged: ``[..., K]`` bool.
+
+    Returns:
+        ``[..., K]`` bool.
+    """
+    kept_mass = torch.where(flagged, 0.0, topk_probs.float()).sum(-1, keepdim=True)
+    return flagged & (kept_mass > 0)
+
+
+def purge(topk_probs: Tensor, flagged: Tensor) -> Tensor:
+    """Purified distribution p̃ ∝ p · 1[y ∉ H_t] over the top-K support.
+
+    Zeroes exactly the flagged candidates and renormalises the rest to sum to 1. Where every
+    candidate is flagged (see :func:`effective_flags`) the original probabilities are kept,
+    renormalised over the top-K, and nothing is purged at that position.
+
+    Args:
+        topk_probs: ``[..., K]`` teacher probabilities at the top-K ids (need not sum to 1).
+        flagged: ``[..., K]`` bool, H_t from :func:`isolate`.
+
+    Returns:
+        ``[..., K]`` fp32 purified probabilities, each row summing to 1 (rows of all zeros
+        in ``topk_probs`` stay zero).
+    """
+    probs = topk_probs.float()
+    kept = torch.where(effective_flags(probs, flagged), 0.0, probs)
+    return kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def contrastive_purge(z_image: Tensor, z_null: Tensor, alpha: float, beta: float) -> Tensor:
+    """VCD-style contrastive recombination inside the plausibility set.
+
+    V_t = {y : p_t(y) ≥ β · max p_t} with p_t = softmax(z_image), and
+    p̃_t ∝ softmax((1+α) z_image − α z_null) restricted to V_t (zero outside). Also the
+    ``--decoding vcd`` step at evaluation time: pass one step's ``[B, V]`` logits.
+
+    Args:
+        z_image: ``[..., V]`` logits with the real image.
+        z_null: ``[..., V]`` logits with the null image ṽ (finite).
+        alpha: contrast strength α ≥ 0 (0 = plain softmax restricted to V_t).
+        beta: plausibility cut-off 0 ≤ β ≤ 1 (0 = whole vocabulary, 1 = the argmax only,
+            ties kept).
+
+    Returns:
+        ``[..., V]`` fp32 probabilities, rows summing to 1.
+    """
+    if not alpha >= 0:
+        raise SeedError(f"contrastive purge needs alpha >= 0, got {alpha}")
+    if not 0.0 <= beta <= 1.0:
+        raise SeedError(f"contrastive purge needs 0 <= beta <= 1, got {beta}")
+    z, z_tilde = z_image.float(), z_null.float()
+    # p(y) ≥ β·max p  ⇔  z(y) ≥ max z + log β: compared in logit space, no underflow.
+    plausible = z >= z.amax(-1, keepdim=True) + (math.log(beta) if beta > 0 else -math.inf)
+    contrast = (1.0 + alpha) * z - alpha * z_tilde
+    return torch.softmax(contrast.masked_fill(~plausible, float("-inf")), dim=-1)
+
+
+def repair_tokens(emitted_ids: Tensor, topk_ids: Tensor, purified_probs: Tensor, sites: Tensor) -> Tensor:
+    """The repair rule: at a hallucination site the token becomes argmax p̃, elsewhere it stays.
+
+    Works per stored position (``[B, T]``) and per decoding step (``[B]``) alike.
+
+    Args:
+        emitted_ids: ``[...]`` long, the tokens the teacher emitted.
+        topk_ids: ``[..., K]`` long.
+        purified_probs: ``[..., K]`` p̃ from :func:`purge`.
+        sites: ``[...]`` bool from :func:`hallucination_sites`.
+
+    Returns:
+        ``[...]`` long repaired ids.
+    """
+    best = topk_ids.gather(-1, purified_probs.argmax(-1, keepdim=True)).squeeze(-1)
+    return torch.where(sites, best, emitted_ids)
