@@ -69,6 +69,27 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
             yield record
 
 
+def load_coco(annotations: str | Path | dict):
+    """A pycocotools ``COCO`` index over an instances file (or its dict), and a name for errors."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    data = annotations if isinstance(annotations, dict) else read_json(annotations)
+    where = "annotations" if isinstance(annotations, dict) else str(annotations)
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+        raise SeedError(f"{where}: not a COCO instances file (needs images, annotations and categories)")
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+    except (KeyError, TypeError) as e:
+        raise SeedError(f"{where}: not a COCO instances file (bad record: {e})") from None
+    return coco, where
+
+
 def md5_file(path: str | Path) -> str:
     h = hashlib.md5()
     with Path(path).open("rb") as f:

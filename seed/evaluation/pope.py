@@ -11,9 +11,7 @@ positive class and are fractions in [0, 1]; ``yes_ratio`` is the share of *predi
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import random
 import string
 from collections import Counter, defaultdict
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from seed.errors import SeedError
-from seed.io import iter_jsonl, library_versions, md5_file, read_json, write_json, write_jsonl
+from seed.io import iter_jsonl, library_versions, load_coco, md5_file, read_json, write_json, write_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
 PARSERS = ("official", "strict")
@@ -106,7 +104,7 @@ def build_pope(annotations: str | Path | dict, split: str, num_images: int = 500
         raise SeedError(f"unknown POPE split {split!r}: choose {', '.join(SPLITS)}")
     if num_images < 1:
         raise SeedError(f"--num-images must be at least 1, not {num_images}")
-    coco = _load_coco(annotations)
+    coco, _ = load_coco(annotations)
     objects = _image_objects(coco)
     eligible = sorted(i for i, objs in objects.items() if len(objs) >= 3)
     if len(eligible) < num_images:
@@ -157,21 +155,6 @@ def _random_absent(pool: Sequence[int], taken: set[int], rng: random.Random) -> 
     return rng.choice(candidates) if candidates else None
 
 
-def _load_coco(annotations: str | Path | dict):
-    from pycocotools.coco import COCO
-
-    data = annotations if isinstance(annotations, dict) else read_json(annotations)
-    where = "annotations" if isinstance(annotations, dict) else str(annotations)
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-        raise SeedError(f"{where}: not a COCO instances file (needs images, annotations and categories)")
-    coco = COCO()
-    coco.dataset = data
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco.createIndex()
-    except (KeyError, TypeError) as e:
-        raise SeedError(f"{where}: not a COCO instances file (bad record: {e})") from None
-    return coco
 
 
 def _image_objects(coco) -> dict[int, list[int]]:

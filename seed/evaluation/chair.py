@@ -1,0 +1,288 @@
+"""CHAIR (Rohrbach et al., EMNLP 2018): how many objects a caption names that are not there.
+
+Ground truth of an image = its annotated instance categories (a COCO-format instances
+file, read with pycocotools), plus, when a COCO captions file is given, the objects named in
+its reference captions. Caption words and category names both go through the same
+:class:`~seed.lexicon.ObjectLexicon`, so ``men`` matches ``person`` and ``tvs`` matches
+``tv``. Category names of the annotations that the lexicon does not know (a custom data
+set) are added to it as categories of their own.
+
+Metrics (fractions in [0, 1]):
+
+- ``chair_i``: hallucinated object mentions / all object mentions, counted per mention
+  (a caption naming "dog" twice without a dog counts twice); None when no caption names
+  an object;
+- ``chair_s``: share of captions with at least one hallucinated mention;
+- ``recall``: covered ground-truth categories / ground-truth categories, pooled over all
+  (caption, ground-truth category) pairs — every caption of every image weighs by the
+  size of its image's ground truth; None when no image has ground truth;
+- ``mean_length``: mean caption length in words (whitespace-separated);
+- ``n``, ``n_mentions``, ``n_hallucinated``: captions, mentions, hallucinated mentions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from seed.errors import SeedError
+from seed.io import iter_jsonl, library_versions, load_coco, md5_file, read_json, write_json
+from seed.lexicon import ObjectLexicon
+
+METRIC_KEYS = ("chair_i", "chair_s", "recall", "mean_length", "n", "n_mentions", "n_hallucinated")
+RECALL_DEFINITION = "pooled over (caption, ground-truth category) pairs"
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The objects of every annotated image, by COCO image id, as lexicon categories."""
+
+    objects: dict[int, frozenset[str]]
+    file_names: dict[str, int]  # COCO file_name (and its base name) → image id
+    lexicon: ObjectLexicon
+    sources: dict[str, Any] = field(default_factory=dict)  # file paths and md5s, for manifests
+
+    def image_id(self, record: Mapping[str, Any]) -> int | None:
+        """The image a caption record names (``image_id``, else ``image``), if annotated.
+
+        ``image`` is matched against the annotations' ``file_name`` (or its base name); a
+        name like ``COCO_val2014_000000310196.jpg`` also matches image id 310196.
+        """
+        if "image_id" in record:
+            return record["image_id"] if record["image_id"] in self.objects else None
+        name = str(record["image"])
+        if name in self.file_names:
+            return self.file_names[name]
+        base = name.replace("\\", "/").rsplit("/", 1)[-1]
+        if base in self.file_names:
+            return self.file_names[base]
+        digits = re.search(r"(\d+)\.\w+$", base)
+        if digits and int(digits.group(1)) in self.objects:
+            return int(digits.group(1))
+        return None
+
+
+# --------------------------------------------------------------------------- ground truth
+def load_ground_truth(
+    annotations: str | Path | dict,
+    ref_captions: str | Path | dict | None = None,
+    lexicon: ObjectLexicon | None = None,
+) -> GroundTruth:
+    """Objects per image from a COCO instances file (path or loaded dict), plus the
+    objects the lexicon finds in a COCO captions file's reference captions."""
+    lexicon = lexicon or ObjectLexicon.default()
+    coco, where = load_coco(annotations)
+    names = {cat_id: str(cat.get("name", "")).strip() for cat_id, cat in coco.cats.items()}
+    unknown = [n for n in dict.fromkeys(names.values()) if n and lexicon.category_of(n) is None]
+    if unknown:
+        lexicon = lexicon.extended(unknown)
+    category = {cat_id: lexicon.category_of(n) for cat_id, n in names.items()}
+
+    objects: dict[int, set[str]] = {image_id: set() for image_id in coco.imgs}
+    file_names: dict[str, int] = {}
+    for image_id, image in coco.imgs.items():
+        file_name = image.get("file_name")
+        if isinstance(file_name, str) and file_name:
+            file_names.setdefault(file_name, image_id)
+            file_names.setdefault(file_name.rsplit("/", 1)[-1], image_id)
+    bad = sorted({a.get("category_id") for a in coco.anns.values() if category.get(a.get("category_id")) is None}, key=str)
+    if bad:
+        raise SeedError(f"{where}: annotations use category ids without a named category: {', '.join(map(str, bad[:5]))}")
+    for ann in coco.anns.values():
+        if ann.get("image_id") in objects:
+            objects[ann["image_id"]].add(category[ann["category_id"]])
+
+    sources: dict[str, Any] = {"annotations": _source(annotations)}
+    if ref_captions is not None:
+        for image_id, caption in _reference_captions(ref_captions):
+            if image_id in objects:
+                objects[image_id].update(m.category for m in lexicon.find(caption))
+        sources["ref_captions"] = _source(ref_captions)
+    return GroundTruth({k: frozenset(v) for k, v in objects.items()}, file_names, lexicon, sources)
+
+
+
+
+def _reference_captions(ref_captions: str | Path | dict) -> Iterable[tuple[int, str]]:
+    data = ref_captions if isinstance(ref_captions, dict) else read_json(ref_captions)
+    where = "reference captions" if isinstance(ref_captions, dict) else str(ref_captions)
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(anns, list):
+        raise SeedError(f"{where}: not a COCO captions file (needs annotations with image_id and caption)")
+    for i, ann in enumerate(anns, 1):
+        if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) or "image_id" not in ann:
+            raise SeedError(f"{where}: annotation {i} lacks image_id or a caption string")
+        yield ann["image_id"], ann["caption"]
+
+
+def _source(source: str | Path | dict) -> dict[str, str | None]:
+    if isinstance(source, dict):
+        return {"path": None, "md5": None}
+    return {"path": str(source), "md5": md5_file(source)}
+
+
+# --------------------------------------------------------------------------- captions
+def read_captions(path: str | Path) -> list[dict]:
+    """Caption records from JSON Lines (or one JSON array): ``image_id`` (int) or ``image``
+    (file name), and ``caption`` (or ``text``). Other fields are kept."""
+    path = Path(path)
+    if path.is_dir():
+        raise SeedError(f"{path}: is a folder, not a file")
+    if not path.is_file():
+        raise SeedError(f"{path}: no such file")
+    try:
+        with path.open(encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+        if head.startswith("["):
+            data = read_json(path)
+            records = list(data)
+            for i, r in enumerate(records, 1):
+                if not isinstance(r, dict):
+                    raise SeedError(f"{path}: element {i} of the JSON array is not an object")
+        else:
+            records = list(iter_jsonl(path))
+    except UnicodeDecodeError:
+        raise SeedError(f"{path}: not UTF-8 text") from None
+    if not records:
+        raise SeedError(f"{path}: no captions (empty file)")
+    return [_caption_record(r, f"{path}: record {i}") for i, r in enumerate(records, 1)]
+
+
+def _caption_record(record: Mapping[str, Any], where: str) -> dict:
+    """``record`` with ``caption`` set and ``image_id`` an int; refused if it cannot be."""
+    out = dict(record)
+    if "caption" not in out:
+        if "text" not in out:
+            raise SeedError(f"{where} has neither caption nor text")
+        out["caption"] = out.pop("text")
+    if not isinstance(out["caption"], str):
+        raise SeedError(f"{where}: the caption is {type(out['caption']).__name__}, not a string")
+    if "image_id" in out:
+        value = out["image_id"]
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SeedError(f"{where} has image_id {out['image_id']!r}; expected an integer COCO id")
+        out["image_id"] = value
+    elif not isinstance(out.get("image"), str) or not out["image"]:
+        raise SeedError(f"{where} has neither image_id nor image")
+    return out
+
+
+# --------------------------------------------------------------------------- scoring
+def score_captions(captions: Iterable[Mapping[str, Any]], truth: GroundTruth) -> dict[str, Any]:
+    """Score caption records against the ground truth → ``{"metrics", "captions"}``.
+
+    ``captions`` are records as :func:`read_captions` accepts them. Each entry of
+    ``captions`` in the result holds the caption's mentions (category, surface, character
+    span, hallucinated), its hallucinated words, ground truth and recalled categories.
+    Captions of images absent from the annotations are refused, all counted in one error.
+    """
+    records = [_caption_record(r, f"caption {i}") for i, r in enumerate(captions, 1)]
+    if not records:
+        raise SeedError("no captions to score")
+    image_ids = [truth.image_id(r) for r in records]
+    unknown = [r.get("image_id", r.get("image")) for r, i in zip(records, image_ids) if i is None]
+    if unknown:
+        examples = ", ".join(str(u) for u in list(dict.fromkeys(unknown))[:3])
+        raise SeedError(
+            f"{len(unknown)} of {len(records)} captions name images that are not in the annotations (e.g. {examples})"
+        )
+
+    details = []
+    for record, image_id in zip(records, image_ids):
+        gt = truth.objects[image_id]
+        mentions = truth.lexicon.find(record["caption"])
+        mentioned = {m.category for m in mentions}
+        entry = {"image_id": image_id}
+        if "image" in record:
+            entry["image"] = record["image"]
+        entry.update(
+            caption=record["caption"],
+            words=len(record["caption"].split()),
+            mentions=[
+                {"category": m.category, "surface": m.surface, "start": m.start, "end": m.end, "hallucinated": m.category not in gt}
+                for m in mentions
+            ],
+            hallucinated=[m.surface for m in mentions if m.category not in gt],
+            ground_truth=sorted(gt),
+            recalled=sorted(gt & mentioned),
+        )
+        details.append(entry)
+    return {"metrics": chair_metrics(details), "captions": details}
+
+
+def chair_metrics(details: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """CHAIR_i, CHAIR_s, recall, mean length and counts from per-caption details."""
+    details = list(details)
+    n = len(details)
+    n_mentions = sum(len(d["mentions"]) for d in details)
+    n_hallucinated = sum(len(d["hallucinated"]) for d in details)
+    gt_total = sum(len(d["ground_truth"]) for d in details)
+    return {
+        "chair_i": n_hallucinated / n_mentions if n_mentions else None,
+        "chair_s": sum(bool(d["hallucinated"]) for d in details) / n if n else None,
+        "recall": sum(len(d["recalled"]) for d in details) / gt_total if gt_total else None,
+        "mean_length": sum(d["words"] for d in details) / n if n else None,
+        "n": n,
+        "n_mentions": n_mentions,
+        "n_hallucinated": n_hallucinated,
+    }
+
+
+# --------------------------------------------------------------------------- files → results
+def evaluate_chair(
+    captions: str | Path | Iterable[Mapping[str, Any]],
+    annotations: str | Path | dict,
+    ref_captions: str | Path | dict | None = None,
+    lexicon: str | Path | ObjectLexicon | None = None,
+) -> dict[str, Any]:
+    """Score a captions file (or records) → ``{"benchmark", "metrics", "manifest", "captions"}``.
+
+    ``lexicon`` is an :class:`ObjectLexicon` or a user word list (see
+    :meth:`ObjectLexicon.default`) added to the default one.
+    """
+    lexicon_file = None
+    if not isinstance(lexicon, ObjectLexicon):
+        lexicon_file, lexicon = lexicon, ObjectLexicon.default(lexicon)
+    records = read_captions(captions) if isinstance(captions, (str, Path)) else list(captions)
+    truth = load_ground_truth(annotations, ref_captions, lexicon)
+    scored = score_captions(records, truth)
+    manifest = {
+        "model": None,  # set when the captions were generated here rather than read from a file
+        "captions": _source(captions) if isinstance(captions, (str, Path)) else {"path": None, "md5": None},
+        **truth.sources,
+        "lexicon": {
+            "path": str(lexicon_file) if lexicon_file is not None else None,
+            "md5": md5_file(lexicon_file) if lexicon_file is not None else None,
+            "categories": len(truth.lexicon.categories),
+        },
+        "annotated_images": len(truth.objects),
+        "recall": RECALL_DEFINITION,
+        "versions": library_versions(),
+    }
+    return {"benchmark": "chair", "metrics": scored["metrics"], "manifest": manifest, "captions": scored["captions"]}
+
+
+def write_result(path: str | Path, result: Mapping[str, Any]) -> None:
+    """Write a CHAIR result (from :func:`evaluate_chair`) as JSON, atomically."""
+    write_json(path, dict(result))
+
+
+def metrics_table(result: Mapping[str, Any]):
+    """A rich table of a CHAIR result: CHAIR_i, CHAIR_s and recall in %, mean length, n."""
+    from rich.table import Table
+
+    m = result["metrics"]
+    table = Table(title="CHAIR")
+    for column in ("CHAIR_i %", "CHAIR_s %", "recall %", "mean length", "n", "mentions"):
+        table.add_column(column, justify="right")
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f}"
+
+    length = "n/a" if m["mean_length"] is None else f"{m['mean_length']:.1f}"
+    table.add_row(pct(m["chair_i"]), pct(m["chair_s"]), pct(m["recall"]), length, str(m["n"]), str(m["n_mentions"]))
+    return table
