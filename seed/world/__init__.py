@@ -1,0 +1,200 @@
+"""The embedded world: procedurally drawn COCO-format scenes plus a tiny LLaVA trained on CPU.
+
+Layout of a built world folder::
+
+    world.json                      manifest: seed, bias, sizes, build time, library versions
+    {train,purify,heldout}/images/  PNG scenes
+    {split}/annotations/instances.json   COCO instances (pycocotools loads them)
+    {split}/annotations/captions.json    COCO captions: clean reference captions
+    model/                          LlavaForConditionalGeneration + LlavaProcessor (save_pretrained)
+    pope/{random,popular,adversarial}.jsonl   POPE built from the held-out annotations
+
+``train`` teaches the model, ``purify`` feeds SEED's purification, ``heldout`` is evaluation only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from seed.errors import SeedError
+from seed.io import library_versions, load_coco, write_json
+from seed.world import scenes as S
+from seed.world.model import TinyLlavaConfig, build_model, build_processor
+from seed.world.train import TrainConfig, align_projector, pretrain_text, pretrain_vision, tokenize_sequences, train_language
+from seed.world.vocab import CLASS_NAMES
+
+SPLITS = ("train", "purify", "heldout")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    bias: S.BiasConfig = field(default_factory=S.BiasConfig)
+    sizes: dict[str, int] = field(default_factory=lambda: {"train": 4000, "purify": 1000, "heldout": 500})
+    model: TinyLlavaConfig = field(default_factory=TinyLlavaConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    format_version: int = FORMAT_VERSION
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SEED_HOME", Path.home() / ".cache" / "seed"))
+
+
+def default_world_dir(seed: int = 0, bias: bool = True) -> Path:
+    return cache_root() / f"world-s{seed}{'' if bias else '-nobias'}"
+
+
+def _is_built(path: Path, config: WorldConfig) -> bool:
+    manifest = path / "world.json"
+    if not manifest.is_file():
+        return False
+    return json.loads(manifest.read_text())["config"] == asdict(config)
+
+
+def ensure_world(seed: int = 0) -> Path:
+    """The default (biased) world for ``seed``, built on first use."""
+    return build_world(None, seed=seed)
+
+
+def default_model_dir() -> Path:
+    """The model every command uses when no ``--model`` is given."""
+    return ensure_world() / "model"
+
+
+def _coco(split: str, scenes: list[S.Scene], captions: list[str]) -> tuple[dict, dict]:
+    categories = [{"id": i + 1, "name": n, "supercategory": "world"} for i, n in enumerate(CLASS_NAMES)]
+    images, anns, caps = [], [], []
+    for i, (scene, caption) in enumerate(zip(scenes, captions), 1):
+        w, h = scene.image.size
+        images.append({"id": i, "file_name": f"{split}_{i:06d}.png", "width": w, "height": h})
+        caps.append({"id": i, "image_id": i, "caption": caption})
+        for obj in scene.objects:
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": CLASS_NAMES.index(obj["category"]) + 1,
+                    "bbox": obj["bbox"],
+                    "area": obj["area"],
+                    "iscrowd": 0,
+                }
+            )
+    info = {"description": f"seed embedded world, split {split}"}
+    instances = {"info": info, "images": images, "annotations": anns, "categories": categories}
+    return instances, {"info": info, "images": images, "annotations": caps, "categories": categories}
+
+
+def build_world(
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    bias: bool = True,
+    force: bool = False,
+    device: str = "cpu",
+    config: WorldConfig | None = None,
+) -> Path:
+    """Build (or reuse) a world; returns its folder. Deterministic for a given seed and config."""
+    config = config or WorldConfig(seed=seed, bias=S.BiasConfig() if bias else S.BiasConfig.off())
+    path = Path(out) if out else default_world_dir(config.seed, config.bias != S.BiasConfig.off())
+    if not force and _is_built(path, config):
+        return path
+    if path.exists() and not (path / "world.json").is_file() and any(path.iterdir()):
+        raise SeedError(f"{path} exists and is not a seed world; choose another --out")
+    if device not in ("auto", "cpu"):
+        raise SeedError("the embedded world trains on the CPU; use --device cpu (or auto)")
+
+    start = time.time()
+    tmp = path.parent / f".{path.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    mcfg, tcfg = config.model, config.train
+    columns = [TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
+    with Progress(*columns, transient=False) as bar:
+        drawn: dict[str, list[S.Scene]] = {}
+        task = bar.add_task("drawing scenes", total=sum(config.sizes.values()))
+        for k, split in enumerate(SPLITS):
+            rng = np.random.default_rng([config.seed, k])
+            scenes = []
+            for _ in range(config.sizes[split]):
+                scenes.append(S.draw_scene(rng, mcfg.image_size))
+                bar.advance(task)
+            (tmp / split / "images").mkdir(parents=True)
+            for i, scene in enumerate(scenes, 1):
+                scene.image.save(tmp / split / "images" / f"{split}_{i:06d}.png")
+            refs = [S.reference_caption(rng, s.categories) for s in scenes]
+            instances, captions = _coco(split, scenes, refs)
+            write_json(tmp / split / "annotations" / "instances.json", instances)
+            write_json(tmp / split / "annotations" / "captions.json", captions)
+            drawn[split] = scenes
+
+        train = drawn["train"]
+        processor = build_processor(S.world_vocabulary(), mcfg)
+        model = build_model(processor, mcfg)
+        pixel_values = processor.image_processor([s.image for s in train], return_tensors="pt")["pixel_values"]
+        patch_labels = torch.tensor(np.stack([S.patch_targets(s.label_map, mcfg.patch_size) for s in train]))
+        task = bar.add_task("vision pretraining", total=tcfg.vision_steps)
+        head = pretrain_vision(model, pixel_values, patch_labels, tcfg, generator, lambda n: bar.advance(task, n))
+
+        # The same biased text feeds both language stages; text-only prompts list the scene's objects.
+        rng = np.random.default_rng([config.seed, len(SPLITS)])
+        text_items, items = [], []
+        for i, scene in enumerate(train):
+            objects = list(scene.categories)
+            rng.shuffle(objects)
+            scene_words = " ".join(objects) + "\n"
+            caption = S.training_caption(rng, scene.categories, config.bias)
+            text_items.append((i, scene_words + S.CAPTION_PROMPT, caption))
+            items.append((i, S.CAPTION_PROMPT, caption))
+            for q, a in S.training_questions(rng, scene.categories, config.bias):
+                suffix = S.GREEDY_SUFFIX if rng.random() < 0.7 else S.SAMPLING_SUFFIX
+                text_items.append((i, scene_words + q + suffix, a))
+                items.append((i, q + suffix, a))
+        pad = processor.tokenizer.pad_token_id
+        task = bar.add_task("language pretraining", total=tcfg.text_steps)
+        text_loss = pretrain_text(
+            model, tokenize_sequences(processor, text_items, 0), pad, tcfg, generator, lambda n: bar.advance(task, n)
+        )
+        align_projector(model, head, processor.tokenizer.convert_tokens_to_ids(CLASS_NAMES))
+        seqs = tokenize_sequences(processor, items, model.config.image_seq_length)
+        task = bar.add_task("multimodal training", total=tcfg.lm_steps)
+        lm_loss = train_language(model, pixel_values, seqs, pad, tcfg, generator, lambda n: bar.advance(task, n))
+    model.save_pretrained(tmp / "model")
+    processor.save_pretrained(tmp / "model")
+    _build_pope(tmp, config.seed)
+    write_json(
+        tmp / "world.json",
+        {
+            "config": asdict(config),
+            "build_seconds": round(time.time() - start, 1),
+            "final_loss": {"vision": round(head.final_loss, 4), "text": round(text_loss, 4), "multimodal": round(lm_loss, 4)},
+            "training_sequences": {"text": len(text_items), "multimodal": len(items)},
+            "versions": library_versions(),
+        },
+    )
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _build_pope(root: Path, seed: int) -> None:
+    """POPE question files from the held-out annotations: up to 500 images with ≥ 3 objects."""
+    from seed.evaluation.pope import build_pope, write_questions
+
+    ann = root / "heldout" / "annotations" / "instances.json"
+    coco, _ = load_coco(ann)
+    eligible = sum(len({a["category_id"] for a in anns}) >= 3 for anns in coco.imgToAnns.values())
+    for split in ("random", "popular", "adversarial"):
+        write_questions(root / "pope" / f"{split}.jsonl", build_pope(ann, split, num_images=min(500, eligible), seed=seed))
