@@ -59,6 +59,68 @@ def _show_pope(result: dict, output: Optional[Path]) -> None:
         console.print(f"wrote {output}", highlight=False)
 
 
+# Model options, shared by the model-running paths of the POPE and CHAIR commands.
+_MODEL_HELP = (
+    "Model to run: alias (llava-1.5, internvl2-2b, ...), hub id or local folder. "
+    "Default: the embedded world's model, with the world's own images and questions."
+)
+ModelOpt = typer.Option(None, "--model", help=_MODEL_HELP)
+AdapterOpt = typer.Option(None, "--adapter", help="PEFT adapter folder (e.g. a saved HEA) trained on --model.")
+ImagesOpt = typer.Option(None, "--images", help="Folder holding the image files the questions (or annotations) name.")
+DtypeOpt = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bf16 or fp16 on GPU, fp32 on CPU).")
+FourBitOpt = typer.Option(False, "--load-in-4bit", help="Quantise the language model to 4-bit NF4 (bitsandbytes).")
+EightBitOpt = typer.Option(False, "--load-in-8bit", help="Quantise the language model to 8-bit (bitsandbytes).")
+TrustOpt = typer.Option(False, "--trust-remote-code", help="Run the checkpoint's own modelling code (InternVL2); only for code you trust.")
+_PROTOCOL_HELP = (
+    "greedy: question + '\nAnswer the question using a single word or phrase.', greedy decoding; "
+    "sampling: question + ' Please answer this question with one word.', T=1, top_p=1, one run per --seeds."
+)
+_SEEDS_HELP = "Sampling seeds, comma-separated (default 1,2,3); metrics are the mean with the std over seeds."
+_DECODING_HELP = "greedy (the model as is) or vcd (visual contrastive decoding against a diffusion-noised image)."
+_BATCH_HELP = "Questions per forward pass or generate call."
+_ANNOTATIONS_HELP = "COCO-format instances JSON: build the questions from it (as build-pope does, seeded by --build-seed)."
+
+
+def _model_spec(model, adapter, device, dtype, load_in_4bit, load_in_8bit, trust_remote_code):
+    from seed.evaluation.runner import ModelSpec
+
+    return ModelSpec(model, adapter, device, dtype, load_in_4bit, load_in_8bit, trust_remote_code)
+
+
+def _parse_seeds(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SeedError(f"--seeds must be comma-separated integers, e.g. 1,2,3; not {text!r}") from None
+
+
+def _refuse_with_answers(given: dict[str, object]) -> None:
+    named = [name for name, value in given.items() if value is not None]
+    if named:
+        raise SeedError(f"answers files are scored as they are; {', '.join(named)} only apply when running a model")
+
+
+def _run_pope(splits: list[str], output: Optional[Path], spec, decoding: str, vcd_alpha: float, vcd_beta: float, seeds, **options) -> None:
+    from seed.evaluation import runner as _runner
+
+    result = _runner.evaluate_pope(
+        splits,
+        spec,
+        decoding=_runner.Decoding(decoding, vcd_alpha, vcd_beta),
+        seeds=_parse_seeds(seeds),
+        output=output,
+        log=lambda line: console.print(line, highlight=False),
+        **options,
+    )
+    Console().print(_pope.metrics_table(result))
+    if "std" in result:
+        Console().print(_runner.spread_table(result))
+    if output is not None:
+        console.print(f"wrote {output} (answers beside it)", highlight=False)
+
+
 def _pope_split_command(split: str):
     def command(
         answers: Optional[Path] = typer.Option(None, "--answers", help=_ANSWERS_HELP),
@@ -66,18 +128,44 @@ def _pope_split_command(split: str):
             None,
             "--questions",
             help=f"Question file (JSON Lines or JSON array) or a shipped name ({', '.join(_pope.SHIPPED)}); "
-            f"default: the COCO {split} split.",
+            f"default: the COCO {split} split with --model, the embedded world's without.",
         ),
         parser: str = typer.Option("official", "--parser", help=_PARSER_HELP),
-        output: Optional[Path] = typer.Option(None, "--output", help=_OUTPUT_HELP),
+        output: Optional[Path] = typer.Option(None, "--output", help=_OUTPUT_HELP + " Model runs write the answers beside it."),
+        model: Optional[str] = ModelOpt,
+        adapter: Optional[str] = AdapterOpt,
+        images: Optional[Path] = ImagesOpt,
+        annotations: Optional[Path] = typer.Option(None, "--annotations", help=_ANNOTATIONS_HELP),
+        num_images: int = typer.Option(500, "--num-images", help="With --annotations: images to sample (6 questions each)."),
+        build_seed: int = typer.Option(0, "--build-seed", help="With --annotations: the question-building seed."),
+        protocol: str = typer.Option("greedy", "--protocol", help=_PROTOCOL_HELP),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help=_SEEDS_HELP),
+        decoding: str = typer.Option("greedy", "--decoding", help=_DECODING_HELP),
+        vcd_alpha: float = typer.Option(1.0, "--vcd-alpha", help="VCD contrast strength α."),
+        vcd_beta: float = typer.Option(0.1, "--vcd-beta", help="VCD plausibility cut-off β."),
+        batch_size: int = typer.Option(32, "--batch-size", help=_BATCH_HELP),
+        max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest answer generated."),
+        device: str = DeviceOpt,
+        dtype: Optional[str] = DtypeOpt,
+        load_in_4bit: bool = FourBitOpt,
+        load_in_8bit: bool = EightBitOpt,
+        trust_remote_code: bool = TrustOpt,
     ) -> None:
-        # The model-running path (--model, --images, --protocol, --batch-size) joins here: it
-        # writes the answers with _pope.write_answers and scores them like an answers file.
-        if answers is None:
-            raise SeedError(f"pope-{split} needs --answers FILE ({_ANSWERS_HELP})")
-        _show_pope(_pope.score_answers_file(answers, questions or split, parser, benchmark=f"pope-{split}"), output)
+        if answers is not None:
+            _refuse_with_answers({"--model": model, "--adapter": adapter, "--images": images, "--annotations": annotations})
+            _show_pope(_pope.score_answers_file(answers, questions or split, parser, benchmark=f"pope-{split}"), output)
+            return
+        spec = _model_spec(model, adapter, device, dtype, load_in_4bit, load_in_8bit, trust_remote_code)
+        _run_pope(
+            [split], output, spec, decoding, vcd_alpha, vcd_beta, seeds,
+            images=images, questions=questions, annotations=annotations, num_images=num_images, build_seed=build_seed,
+            protocol=protocol, parser=parser, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        )  # fmt: skip
 
-    command.__doc__ = f"Score answers to the POPE {split} split: accuracy, precision, recall, F1 (yes = positive), yes-ratio."
+    command.__doc__ = (
+        f"POPE {split} split: score an answers file (--answers), or run a model (--model, default the embedded world's) "
+        "and score it: accuracy, precision, recall, F1 (yes = positive), yes-ratio."
+    )
     return command
 
 
@@ -91,14 +179,42 @@ def eval_pope(
     answers_popular: Optional[Path] = typer.Option(None, "--answers-popular", help="Answers to the popular split."),
     answers_adversarial: Optional[Path] = typer.Option(None, "--answers-adversarial", help="Answers to the adversarial split."),
     parser: str = typer.Option("official", "--parser", help=_PARSER_HELP),
-    output: Optional[Path] = typer.Option(None, "--output", help=_OUTPUT_HELP + " Adds per-split metrics."),
+    output: Optional[Path] = typer.Option(None, "--output", help=_OUTPUT_HELP + " Adds per-split metrics; model runs write the answers beside it."),
+    model: Optional[str] = ModelOpt,
+    adapter: Optional[str] = AdapterOpt,
+    images: Optional[Path] = ImagesOpt,
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help=_ANNOTATIONS_HELP + " All three splits."),
+    num_images: int = typer.Option(500, "--num-images", help="With --annotations: images to sample per split (6 questions each)."),
+    build_seed: int = typer.Option(0, "--build-seed", help="With --annotations: the question-building seed."),
+    protocol: str = typer.Option("greedy", "--protocol", help=_PROTOCOL_HELP),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=_SEEDS_HELP),
+    decoding: str = typer.Option("greedy", "--decoding", help=_DECODING_HELP),
+    vcd_alpha: float = typer.Option(1.0, "--vcd-alpha", help="VCD contrast strength α."),
+    vcd_beta: float = typer.Option(0.1, "--vcd-beta", help="VCD plausibility cut-off β."),
+    batch_size: int = typer.Option(32, "--batch-size", help=_BATCH_HELP),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest answer generated."),
+    device: str = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt,
+    load_in_4bit: bool = FourBitOpt,
+    load_in_8bit: bool = EightBitOpt,
+    trust_remote_code: bool = TrustOpt,
 ) -> None:
-    """Score the three COCO splits (one answers file each) and report mean F1, the single POPE score."""
+    """All three POPE splits and mean F1, the single POPE score: score one answers file per split, or run a
+    model (--model, default the embedded world's) on the COCO splits, built ones (--annotations) or the world's."""
     given = {"random": answers_random, "popular": answers_popular, "adversarial": answers_adversarial}
-    missing = [f"--answers-{name}" for name, path in given.items() if path is None]
-    if missing:
-        raise SeedError(f"pope needs one answers file per split; missing {', '.join(missing)}")
-    _show_pope(_pope.score_pope_files(given, parser), output)
+    if any(path is not None for path in given.values()):
+        _refuse_with_answers({"--model": model, "--adapter": adapter, "--images": images, "--annotations": annotations})
+        missing = [f"--answers-{name}" for name, path in given.items() if path is None]
+        if missing:
+            raise SeedError(f"pope needs one answers file per split; missing {', '.join(missing)}")
+        _show_pope(_pope.score_pope_files(given, parser), output)
+        return
+    spec = _model_spec(model, adapter, device, dtype, load_in_4bit, load_in_8bit, trust_remote_code)
+    _run_pope(
+        list(_pope.SPLITS), output, spec, decoding, vcd_alpha, vcd_beta, seeds,
+        images=images, annotations=annotations, num_images=num_images, build_seed=build_seed,
+        protocol=protocol, parser=parser, batch_size=batch_size, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
 
 
 @eval_app.command("build-pope")
@@ -124,15 +240,39 @@ def eval_chair(
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="COCO-format instances JSON: the ground-truth objects of each image."),
     ref_captions: Optional[Path] = typer.Option(None, "--ref-captions", help="COCO captions JSON: objects named in the reference captions also count as present."),
     lexicon: Optional[Path] = typer.Option(None, "--lexicon", help="Extra object words, one 'word' or 'word: category' per line, added to COCO's 80 categories."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Also write the result JSON here: benchmark, metrics, manifest, per-caption mentions."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Also write the result JSON here: benchmark, metrics, manifest, per-caption mentions. Model runs write the captions beside it."),
+    model: Optional[str] = ModelOpt,
+    adapter: Optional[str] = AdapterOpt,
+    images: Optional[Path] = ImagesOpt,
+    num_images: int = typer.Option(500, "--num-images", help="Annotated images to caption, sampled with --image-seed (all if fewer)."),
+    image_seed: int = typer.Option(0, "--image-seed", help="Seed of the image sample."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per generate call."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest caption generated."),
+    device: str = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt,
+    load_in_4bit: bool = FourBitOpt,
+    load_in_8bit: bool = EightBitOpt,
+    trust_remote_code: bool = TrustOpt,
 ) -> None:
-    """Score captions with CHAIR: CHAIR_i (per mention), CHAIR_s (per caption), object recall, mean length."""
+    """CHAIR_i (per mention), CHAIR_s (per caption), object recall, mean length: of a captions file
+    (--captions), or of greedy captions a model (--model, default the embedded world's) writes for
+    "Please describe this image in detail."."""
     from seed.evaluation import chair as _chair
 
-    # Generating the captions with a model (--model, --images, ...) joins here: it writes a
-    # captions file (or records) that is scored exactly like --captions.
     if captions is None:
-        raise SeedError("chair needs --captions FILE (JSON Lines of image_id or image, and caption)")
+        from seed.evaluation import runner as _runner
+
+        spec = _model_spec(model, adapter, device, dtype, load_in_4bit, load_in_8bit, trust_remote_code)
+        result = _runner.evaluate_chair_model(
+            spec, images=images, annotations=annotations, ref_captions=ref_captions, lexicon=lexicon,
+            num_images=num_images, image_seed=image_seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            output=output, log=lambda line: console.print(line, highlight=False),
+        )  # fmt: skip
+        Console().print(_chair.metrics_table(result))
+        if output is not None:
+            console.print(f"wrote {output} (captions beside it)", highlight=False)
+        return
+    _refuse_with_answers({"--model": model, "--adapter": adapter, "--images": images})
     if annotations is None:
         raise SeedError("chair needs --annotations FILE (COCO-format instances JSON) to know which objects each image holds")
     result = _chair.evaluate_chair(captions, annotations, ref_captions=ref_captions, lexicon=lexicon)

@@ -196,7 +196,6 @@ def test_cli_writes_result(files, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "chair needs --captions FILE"),
         (["--captions", "{captions}"], "chair needs --annotations FILE"),
         (["--captions", "{tmp}/missing.jsonl", "--annotations", "{annotations}"], "missing.jsonl: no such file"),
         (["--captions", "{captions}", "--annotations", "{annotations}", "--lexicon", "{tmp}/w.txt"], "w.txt: no such file"),

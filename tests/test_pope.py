@@ -333,7 +333,7 @@ def test_cli_pope_reports_mean_f1(tmp_path, monkeypatch, capsys):
         (["eval", "pope-random", "--answers", "{old}"], "random.v2023-08"),
         (["eval", "pope-random", "--answers", "{old}", "--parser", "loose"], "unknown parser"),
         (["eval", "pope-popular", "--answers", "{old}", "--questions", "{badlabel}"], "label 'Yes please'"),
-        (["eval", "pope-random"], "needs --answers"),
+        (["eval", "pope-random", "--answers", "{old}", "--model", "m"], "only apply when running a model"),
         (["eval", "pope", "--answers-random", "{old}"], "missing --answers-popular, --answers-adversarial"),
         (["eval", "build-pope", "--annotations", "{old}", "--split", "sideways", "--out", "{tmp}/q.jsonl"], "unknown POPE split"),
         (["eval", "build-pope", "--annotations", "{bad}", "--split", "random", "--out", "{tmp}/q.jsonl"], "malformed JSON"),
