@@ -282,6 +282,115 @@ def eval_chair(
         console.print(f"wrote {output}", highlight=False)
 
 
+# ---- purify
+@app.command("purify")
+def purify_command(
+    model: Optional[str] = typer.Option(None, help="Model id, alias (llava-1.5) or folder; default: the embedded world's model."),
+    adapter: Optional[str] = typer.Option(None, help="HEA folder: purify with base + adapter as the teacher."),
+    images: Optional[Path] = typer.Option(None, help="Folder of images (default: the world's purify split)."),
+    annotations: Optional[Path] = typer.Option(None, help="COCO instances for --identify oracle (never needed otherwise)."),
+    out: Path = typer.Option(Path("runs/purified"), help="Output folder (a killed run resumes here)."),
+    identify: str = typer.Option("self-probe", help="Comma-separated signals: self-probe, evidence, oracle."),
+    tau: float = typer.Option(0.5, help="Flag a category when its hallucination score h > tau."),
+    top_k: int = typer.Option(8, help="Stored top-K width."),
+    batch_size: int = typer.Option(16),
+    show: int = typer.Option(0, help="Print N purified examples with flagged words highlighted, then exit."),
+    device: str = DeviceOpt,
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow InternVL2 remote code."),
+) -> None:
+    """Identify, isolate and purge hallucinations; store the purified targets."""
+    from seed.purify import PurifyConfig, purify, show_examples
+
+    if show:
+        show_examples(out, show)
+        return
+    if images is None:
+        if model is not None:
+            raise SeedError("purify needs --images DIR when --model is given")
+        from seed.world import ensure_world
+
+        world = ensure_world()
+        images = world / "purify" / "images"
+        annotations = annotations or (world / "purify" / "annotations" / "instances.json" if "oracle" in identify else None)
+    config = PurifyConfig(identify=tuple(s.strip() for s in identify.split(",") if s.strip()), tau=tau, top_k=top_k, batch_size=batch_size)
+    vlm = None
+    if model is not None or adapter is not None or trust_remote_code:
+        from seed.adapters import load
+
+        vlm = load(model, adapter=adapter, device=device, trust_remote_code=trust_remote_code)
+    path = purify(vlm, images=images, out=out, adapter=adapter, annotations=annotations, config=config, device=device)
+    typer.echo(str(path))
+
+
+# ---- evolve
+_LOSS_HELP = "reverse-kl (SEED, mode-seeking), forward-kl (mass-covering), jsd (generalized JSD, --beta) or sft (cross-entropy on the repaired responses)."
+_IDENTIFY_HELP = "Signals that flag hallucinated objects, comma-separated: evidence, self-probe, contrast, uncertainty, oracle (default: purify's)."
+
+
+@app.command("evolve")
+def evolve_command(
+    model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP.replace("images and questions", "purify and held-out splits")),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="HEA to start from (trained on --model); training continues it."),
+    rounds: int = typer.Option(3, "--rounds", help="Most purify → distil → evaluate rounds."),
+    loss: str = typer.Option("reverse-kl", "--loss", help=_LOSS_HELP),
+    identify: Optional[str] = typer.Option(None, "--identify", help=_IDENTIFY_HELP),
+    out: Path = typer.Option(Path("runs/evolve"), "--out", help="Run folder: round-N/{purified,adapter,*.json}, history.json, adapter/ (the kept round). Rerun to resume."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Unlabelled images to purify (required with --model; default: the world's purify split)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="COCO instances of --images; only the oracle signal reads them."),
+    eval_images: Optional[Path] = typer.Option(None, "--eval-images", help="Held-out images for POPE and CHAIR (required with --model)."),
+    eval_annotations: Optional[Path] = typer.Option(None, "--eval-annotations", help="COCO instances of --eval-images: POPE is built from them, CHAIR scored against them."),
+    pope_images: int = typer.Option(500, "--pope-images", help="With --eval-annotations: images per POPE split (6 questions each)."),
+    chair_images: int = typer.Option(500, "--chair-images", help="Images captioned for CHAIR."),
+    patience: int = typer.Option(1, "--patience", help="Stop after this many rounds without a better adversarial F1."),
+    lr: float = typer.Option(2e-4, "--lr", help="Learning rate of the adapter."),
+    epochs: int = typer.Option(1, "--epochs", help="Passes over each round's purified responses."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Responses per forward pass (per process)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
+    rank: int = typer.Option(16, "--rank", help="LoRA rank of the HEA."),
+    alpha: int = typer.Option(32, "--alpha", help="LoRA alpha of the HEA."),
+    site_weight: float = typer.Option(1.0, "--site-weight", help="Loss weight of hallucination sites (1 = unweighted)."),
+    beta: float = typer.Option(0.5, "--beta", help="With --loss jsd: 0 → forward KL, 1 → reverse KL."),
+    device: str = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt,
+    load_in_4bit: bool = FourBitOpt,
+    load_in_8bit: bool = EightBitOpt,
+    trust_remote_code: bool = TrustOpt,
+) -> None:
+    """Self-evolving distillation: purify with the model, distil the purified targets into its HEA, evaluate on
+    held-out POPE (all splits, yes-ratio) and CHAIR; repeat, keep the best round, and print before and after.
+    With no options it runs on the embedded world."""
+    from seed.distill import DistillConfig
+    from seed.evolve import EvolveConfig, evolve
+
+    config = EvolveConfig(
+        rounds=rounds, loss=loss, patience=patience,
+        identify=tuple(s.strip() for s in identify.split(",") if s.strip()) if identify is not None else None,
+        distill=DistillConfig(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, rank=rank, alpha=alpha, site_weight=site_weight, beta=beta),
+        images=str(images) if images else None, annotations=str(annotations) if annotations else None,
+        eval_images=str(eval_images) if eval_images else None, eval_annotations=str(eval_annotations) if eval_annotations else None,
+        pope_images=pope_images, chair_images=chair_images,
+    )  # fmt: skip
+    spec = _model_spec(model, adapter, device, dtype, load_in_4bit, load_in_8bit, trust_remote_code)
+    evolve(spec, out=out, config=config, console=Console())
+
+
+@app.command("export")
+def export_command(
+    out: Optional[Path] = typer.Argument(None, help="Folder for the merged model (model + processor)."),
+    merge: Optional[Path] = typer.Option(None, "--merge", help="Adapter folder (a saved HEA) to bake into the base model it names."),
+    device: str = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt,
+    trust_remote_code: bool = TrustOpt,
+) -> None:
+    """Merge an HEA into its base model and save a plain transformers checkpoint (no adapter at inference)."""
+    from seed.evolve import export
+
+    if merge is None or out is None:
+        raise SeedError("export needs --merge ADAPTER_DIR and an output folder: seed export --merge runs/evolve/adapter merged/")
+    path = export(merge, out, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    console.print(f"wrote {path}", highlight=False)
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
     try:

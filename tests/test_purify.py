@@ -1,0 +1,90 @@
+"""Purification: the identify helpers on hand-made tensors, and a kill-and-resume run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from seed.errors import SeedError
+from seed.identify import find_mentions, shared_evidence_scores
+from seed.lexicon import ObjectLexicon
+from seed.purify import PurifyConfig, load_shards, object_token_map, purify
+
+
+def test_shared_evidence_flags_the_object_whose_evidence_is_anothers():
+    # knife seen strongly in cell 0; "fork" draws its (weaker) evidence from the same cell;
+    # the cup has evidence of its own in cell 3.
+    margin = torch.tensor([4.0, 1.0, 3.0])
+    evidence = torch.tensor([[3.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.1], [0.0, 0.0, 0.0, 2.0]])
+    scores = shared_evidence_scores(margin, evidence)
+    assert scores[1] > 0.85 and scores[0] == 0 and scores[2] < 0.1
+
+
+def test_mentions_map_to_their_first_token(tiny_llava_dir):
+    from seed.adapters import load
+
+    vlm = load(str(tiny_llava_dir), device="cpu")
+    ids = vlm.tokenizer(" a dog and a red cup.", add_special_tokens=False).input_ids
+    mentions = find_mentions(vlm.tokenizer, ids, ObjectLexicon.default())
+    tokens = vlm.tokenizer.convert_ids_to_tokens(ids)
+    assert [(m.category, tokens[m.token]) for m in mentions] == [("dog", "dog"), ("cup", "cup")]
+    token_map = object_token_map(vlm.tokenizer, ObjectLexicon.default())
+    assert token_map[vlm.tokenizer.convert_tokens_to_ids("dog")] == "dog" and vlm.tokenizer.convert_tokens_to_ids("red") not in token_map
+
+
+def test_unknown_signal_is_refused():
+    with pytest.raises(SeedError, match="--identify takes"):
+        PurifyConfig(identify=("vibes",))
+
+
+def _images(folder, n):
+    folder.mkdir()
+    for i in range(n):
+        Image.new("RGB", (32, 32), (40 * i % 255, 90, 200 - 20 * i)).save(folder / f"im{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkeypatch):
+    import seed.purify as P
+    from seed.adapters import load
+
+    vlm = load(str(tiny_llava_dir), device="cpu")
+    images = _images(tmp_path / "images", 5)
+    config = PurifyConfig(shard_size=2, questions_per_image=2, max_new_tokens=6, categories=("dog", "cup", "car"))
+    full = purify(vlm, images=images, out=tmp_path / "full", config=config)
+
+    real, calls = P.purify_images, []
+
+    def dies_on_second_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(P, "purify_images", dies_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        purify(vlm, images=images, out=tmp_path / "killed", config=config)
+    assert not (tmp_path / "killed" / "purified.jsonl").exists()
+    with pytest.raises(SeedError, match="not a finished purification"):
+        load_shards(tmp_path / "killed")
+    monkeypatch.setattr(P, "purify_images", real)
+    resumed = purify(vlm, images=images, out=tmp_path / "killed", config=config)
+
+    records_a, tensors_a = load_shards(full)
+    records_b, tensors_b = load_shards(resumed)
+    assert records_a == records_b and len(records_a) == 5 * 3
+    assert tensors_a.keys() == tensors_b.keys()
+    for key in tensors_a:
+        assert torch.equal(tensors_a[key], tensors_b[key]), key
+    manifest = (resumed / "manifest.json").read_text()
+    assert "broken.png" in manifest  # a corrupt image is skipped and counted
+    probs = tensors_a["topk_probs"][tensors_a["mask"]]
+    assert torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=1e-5)
+    assert not (tensors_a["topk_probs"] * tensors_a["flags"]).any()  # purged candidates carry no mass
+
+
+def test_oracle_needs_annotations(tiny_llava_dir, tmp_path):
+    with pytest.raises(SeedError, match="needs --annotations"):
+        purify(str(tiny_llava_dir), images=_images(tmp_path / "images", 1), out=tmp_path / "o", config=PurifyConfig(identify=("oracle",)), device="cpu")
