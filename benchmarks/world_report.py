@@ -1,0 +1,79 @@
+"""The embedded world's hallucination, biased world beside its no-bias control, in one run.
+
+For each world: build time, POPE (random / popular / adversarial: F1 and yes-ratio) on the
+held-out split, CHAIR on held-out captions, and the share of captions that name an absent
+co-occurrence partner of a visible object — the planted hallucination.
+
+    python benchmarks/world_report.py [--seed 0] [--output report.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from seed.evaluation.runner import ModelSpec, evaluate_chair_model, evaluate_pope
+from seed.io import write_json
+from seed.lexicon import ObjectLexicon
+from seed.world import build_world
+from seed.world.scenes import absent_partners
+
+
+def partner_rate(chair: dict) -> float:
+    """Share of captions naming an absent partner of an object the image shows."""
+    lexicon = ObjectLexicon.default()
+    hits = 0
+    for c in chair["captions"]:
+        truth = sorted(c["ground_truth"])
+        named = {m.category for m in lexicon.find(c["caption"])}
+        hits += bool(named & set(absent_partners(truth)))
+    return hits / len(chair["captions"])
+
+
+def report(seed: int, bias: bool) -> dict:
+    world = build_world(seed=seed, bias=bias)
+    spec = ModelSpec(model=str(world / "model"), device="cpu")
+    vlm = spec.load()
+    splits = {s: world / "pope" / f"{s}.jsonl" for s in ("random", "popular", "adversarial")}
+    pope = {s: evaluate_pope([s], spec, images=world / "heldout" / "images", questions=q, vlm=vlm)["metrics"] for s, q in splits.items()}
+    chair = evaluate_chair_model(spec, images=world / "heldout" / "images", annotations=world / "heldout" / "annotations" / "instances.json", vlm=vlm)
+    return {
+        "world": str(world),
+        "build_seconds": json.loads((world / "world.json").read_text())["build_seconds"],
+        "pope": pope,
+        "chair": chair["metrics"],
+        "absent_partner_captions": partner_rate(chair),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args()
+    rows = {"biased": report(args.seed, True), "control (no bias)": report(args.seed, False)}
+    table = Table(title=f"embedded world, seed {args.seed}")
+    for col in ("world", "build s", "F1 rand", "F1 pop", "F1 adv", "yes rand", "yes adv", "CHAIR_i", "recall", "partner captions"):
+        table.add_column(col, justify="right")
+    for name, r in rows.items():
+        p = r["pope"]
+        table.add_row(
+            name,
+            f"{r['build_seconds']:.0f}",
+            *(f"{100 * p[s]['f1']:.1f}" for s in ("random", "popular", "adversarial")),
+            f"{100 * p['random']['yes_ratio']:.1f}",
+            f"{100 * p['adversarial']['yes_ratio']:.1f}",
+            f"{100 * r['chair']['chair_i']:.1f}",
+            f"{100 * r['chair']['recall']:.1f}",
+            f"{100 * r['absent_partner_captions']:.1f}%",
+        )
+    Console().print(table)
+    if args.output:
+        write_json(args.output, rows)
+
+
+if __name__ == "__main__":
+    main()
