@@ -147,10 +147,14 @@ def purify_images(
     scores = category_scores(vlm, images, asked, margins, config, truth)
     flagged = [sorted(c for c, h in s.items() if h > config.tau) for s in scores]
 
-    rows = [(i, CAPTION_PROMPT, captions[i], None) for i in range(n)]
-    rows += [(i, probe_question(c), "Yes" if margins[i][c] > 0 else "No", c) for i in range(n) for c in asked[i]]
+    rows = []  # in record order: each image's caption, then its questions
+    for i in range(n):
+        rows.append((i, CAPTION_PROMPT, captions[i], None))
+        rows += [(i, probe_question(c), "Yes" if margins[i][c] > 0 else "No", c) for c in asked[i]]
     tensors = _targets(vlm, images, rows, flagged, token_map, config)
-    repaired = torch.where(tensors["sites"], tensors["topk_ids"].gather(-1, tensors["topk_probs"].argmax(-1, keepdim=True))[..., 0], tensors["token_ids"])
+    best = tensors["topk_ids"].gather(-1, tensors["topk_probs"].argmax(-1, keepdim=True))[..., 0]
+    repaired = torch.where(tensors["sites"], best, tensors["token_ids"])
+    tensors["token_ids"] = repaired
     results = [ImageResult(names[i], scores[i], flagged[i]) for i in range(n)]
     for k, (i, prompt, response, category) in enumerate(rows):
         fixed = vlm.tokenizer.decode(repaired[k][tensors["mask"][k]], skip_special_tokens=True).strip()
@@ -162,8 +166,7 @@ def purify_images(
 def _targets(vlm, images, rows, flagged, token_map, config) -> dict[str, torch.Tensor]:
     """Teacher top-K over the responses, with H_t purged (method.md §3–4).
 
-    ``token_ids`` are the responses as generated (the student's context); a repair replaces a
-    site by argmax p̃, so the repaired tokens are ``topk_ids`` at ``topk_probs.argmax(-1)``.
+    ``token_ids`` are the responses as generated; the caller replaces each site by argmax p̃.
     """
     yes_id, _ = answer_token_ids(vlm)
     parts = []

@@ -1,0 +1,205 @@
+"""The self-evolution recipe: resume, best-round selection and early stopping, with cheap fakes
+for the model, purification, distillation and evaluation (and one slow run on the world)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import seed.evolve as E
+from seed.adapters import hea
+from seed.errors import SeedError
+from seed.evaluation.runner import ModelSpec
+
+
+class Killed(Exception):
+    pass
+
+
+class Fakes:
+    """Records what the recipe asked for; ``scores[round] = (adversarial F1, yes-ratio)``."""
+
+    def __init__(self, scores: dict[int, tuple[float, float]], kill_at_round: int | None = None):
+        self.scores, self.kill_at_round = scores, kill_at_round
+        self.loaded_adapters: list[str | None] = []
+        self.purified: list[int] = []
+        self.evaluated: list[int] = []
+
+    def install(self, monkeypatch, data: E.Datasets) -> None:
+        monkeypatch.setattr(E, "resolve_datasets", lambda spec, config: data)
+        monkeypatch.setattr(ModelSpec, "load", lambda spec: self.loaded_adapters.append(spec.adapter) or object())
+        monkeypatch.setattr(E, "purify", self.purify)
+        monkeypatch.setattr(E, "load_shards", lambda out: ([{"item": 0, "response": "a", "repaired": "b"}], {}))
+        monkeypatch.setattr(E, "distill", self.distill)
+        monkeypatch.setattr(hea, "save_hea", self.save_hea)
+        monkeypatch.setattr(E, "evaluate", self.evaluate)
+
+    @staticmethod
+    def round_of(path: Path) -> int:
+        return int(next(p for p in Path(path).parts[::-1] if p.startswith("round-")).removeprefix("round-"))
+
+    def purify(self, vlm, *, images, annotations, out, config):
+        self.purified.append(self.round_of(out))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "purified.jsonl").write_text("{}\n")
+        return Path(out)
+
+    def distill(self, vlm, records, tensors, images, config):
+        if self.kill_at_round is not None and self.purified[-1] == self.kill_at_round:
+            raise Killed()
+        return {"config": {}, "losses": [1.0, 0.5], "first_loss": 1.0, "final_loss": 0.5, "steps": 2}
+
+    def save_hea(self, vlm, out, metadata):
+        Path(out).mkdir(parents=True)
+        (Path(out) / "adapter_config.json").write_text(json.dumps({"round": metadata["round"]}))
+        return Path(out)
+
+    def evaluate(self, vlm, data, out_dir, **options):
+        r = self.round_of(out_dir)
+        self.evaluated.append(r)
+        f1, yes = self.scores[r]
+        metrics = {"accuracy": f1, "precision": f1, "recall": f1, "f1": f1, "yes_ratio": yes}
+        chair = {"chair_i": 0.2, "chair_s": 0.5, "recall": 0.8, "mean_length": 10.0}
+        return {"pope": {s: metrics for s in ("random", "popular", "adversarial")}, "pope_mean_f1": f1, "chair": chair}
+
+
+@pytest.fixture
+def data(tmp_path) -> E.Datasets:
+    return E.Datasets(tmp_path / "purify", None, tmp_path / "heldout", tmp_path / "heldout.json", None)
+
+
+def kept_round(out: Path) -> int:
+    return json.loads((out / "adapter" / "adapter_config.json").read_text())["round"]
+
+
+def test_a_killed_run_resumes_at_the_missing_round(monkeypatch, data, tmp_path):
+    out = tmp_path / "run"
+    scores = {0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.86, 0.52), 3: (0.85, 0.5)}
+    first = Fakes(scores, kill_at_round=2)
+    first.install(monkeypatch, data)
+    with pytest.raises(Killed):
+        E.evolve(out=out, config=E.EvolveConfig(rounds=3))
+    history = json.loads((out / "history.json").read_text())
+    assert [e["round"] for e in history["rounds"]] == [0, 1] and kept_round(out) == 1
+    assert (out / "round-2" / "purified").is_dir()  # half-done: no history entry
+
+    second = Fakes(scores)
+    second.install(monkeypatch, data)
+    history = E.evolve(out=out, config=E.EvolveConfig(rounds=3))
+    assert second.purified == [2, 3] and second.evaluated == [2, 3]
+    # Round 2 continues round 1's adapter, round 3 round 2's.
+    assert second.loaded_adapters == [str(out / "round-1" / "adapter"), str(out / "round-2" / "adapter")]
+    assert [e["round"] for e in history["rounds"]] == [0, 1, 2, 3]
+    assert history["best_round"] == 2 and kept_round(out) == 2 and history["stopped"] is None
+
+    third = Fakes(scores)
+    third.install(monkeypatch, data)
+    E.evolve(out=out, config=E.EvolveConfig(rounds=3))
+    assert third.purified == [] and third.evaluated == []
+
+
+def test_stop_when_the_yes_ratio_leaves_the_window(monkeypatch, data, tmp_path):
+    out = tmp_path / "run"
+    fakes = Fakes({0: (0.80, 0.55), 1: (0.83, 0.50), 2: (0.90, 0.35), 3: (0.95, 0.30)})
+    fakes.install(monkeypatch, data)
+    history = E.evolve(out=out, config=E.EvolveConfig(rounds=3))
+    assert fakes.purified == [1, 2]
+    assert "yes-ratio 0.350 moved away" in history["stopped"]
+    # The higher F1 of round 2 comes from answering "no": round 1 is kept.
+    assert history["best_round"] == 1 and kept_round(out) == 1
+
+
+def test_stop_when_f1_stops_improving(monkeypatch, data, tmp_path):
+    fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.83, 0.5), 3: (0.90, 0.5)})
+    fakes.install(monkeypatch, data)
+    history = E.evolve(out=tmp_path / "run", config=E.EvolveConfig(rounds=3))
+    assert fakes.purified == [1, 2] and "has not improved on round 1" in history["stopped"]
+    assert history["best_round"] == 1
+    fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.83, 0.5), 3: (0.90, 0.5)})
+    fakes.install(monkeypatch, data)
+    history = E.evolve(out=tmp_path / "run2", config=E.EvolveConfig(rounds=3, patience=2))
+    assert fakes.purified == [1, 2, 3] and history["best_round"] == 3
+
+
+def test_a_run_with_other_options_is_refused_but_rounds_may_grow(monkeypatch, data, tmp_path):
+    out = tmp_path / "run"
+    fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.86, 0.5)})
+    fakes.install(monkeypatch, data)
+    E.evolve(out=out, config=E.EvolveConfig(rounds=1))
+    with pytest.raises(SeedError, match="other options \\(loss\\)"):
+        E.evolve(out=out, config=E.EvolveConfig(rounds=1, loss="sft"))
+    history = E.evolve(out=out, config=E.EvolveConfig(rounds=2))
+    assert fakes.purified == [1, 2] and history["best_round"] == 2
+
+
+def test_purification_and_evaluation_images_never_overlap(tmp_path):
+    E.check_disjoint(["purify_000001.png"], ["heldout_000001.png"])
+    with pytest.raises(SeedError, match="1 purification image"):
+        E.check_disjoint(["a.png", "b.png"], ["b.png", "c.png"])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(b"")
+    annotations = tmp_path / "instances.json"
+    annotations.write_text(json.dumps({"images": [{"id": 1, "file_name": "b.png"}], "annotations": [], "categories": []}))
+    config = E.EvolveConfig(images=str(folder), eval_images=str(folder), eval_annotations=str(annotations))
+    with pytest.raises(SeedError, match="also evaluation images"):
+        E.resolve_datasets(ModelSpec("some/model"), config)
+    with pytest.raises(SeedError, match="needs --images"):
+        E.resolve_datasets(ModelSpec("some/model"), E.EvolveConfig(eval_images=str(folder), eval_annotations=str(annotations)))
+
+
+@pytest.mark.slow
+def test_evolve_on_the_world(tmp_path):
+    """One real round on the embedded world: 16 purification images, a 20-image held-out subset."""
+    import shutil
+
+    from seed.distill import DistillConfig
+    from seed.purify import PurifyConfig
+    from seed.world import ensure_world
+
+    world = ensure_world()
+    images = tmp_path / "purify"
+    images.mkdir()
+    for f in sorted((world / "purify" / "images").glob("*.png"))[:16]:
+        shutil.copy(f, images)
+    heldout = json.loads((world / "heldout" / "annotations" / "instances.json").read_text())
+    keep = {img["id"] for img in heldout["images"][:40]}
+    heldout["images"] = [i for i in heldout["images"] if i["id"] in keep]
+    heldout["annotations"] = [a for a in heldout["annotations"] if a["image_id"] in keep]
+    (tmp_path / "heldout.json").write_text(json.dumps(heldout))
+    config = E.EvolveConfig(
+        rounds=1, images=str(images), eval_images=str(world / "heldout" / "images"), eval_annotations=str(tmp_path / "heldout.json"),
+        pope_images=20, chair_images=20, distill=DistillConfig(max_steps=3, batch_size=8), purify=PurifyConfig(shard_size=8),
+    )  # fmt: skip
+    history = E.evolve(ModelSpec(device="cpu"), out=tmp_path / "run", config=config)
+    assert [e["round"] for e in history["rounds"]] == [0, 1] and history["best_round"] == 1
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert set(history["rounds"][1]["eval"]["pope"]) == {"random", "popular", "adversarial"}
+    assert (tmp_path / "run" / "round-1" / "chair.json").is_file()
+
+
+def test_export_merges_the_adapter_into_its_base(tiny_llava_dir, tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from seed.adapters import load
+    from seed.adapters.hea import attach_hea, save_hea
+    from seed.cli import app
+
+    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), rank=2, alpha=4)
+    with torch.no_grad():
+        for name, param in vlm.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    save_hea(vlm, tmp_path / "hea", {"loss": "reverse-kl"})
+    result = CliRunner().invoke(app, ["export", "--merge", str(tmp_path / "hea"), str(tmp_path / "merged"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    merged = load(str(tmp_path / "merged"), device="cpu")
+    batch = vlm.encode(None, ["describe the image ."], ["a cup ."])
+    batch.pop("response_mask")
+    with torch.no_grad():
+        assert torch.allclose(merged.model(**batch).logits, vlm.model(**batch).logits, atol=1e-4)
+    refused = CliRunner().invoke(app, ["export", str(tmp_path / "x")])
+    assert refused.exit_code != 0 and "--merge" in str(refused.exception)
