@@ -90,6 +90,27 @@ def load_coco(annotations: str | Path | dict):
     return coco, where
 
 
+def read_records(path: str | Path) -> list[dict]:
+    """Records of a JSON Lines file or of a file holding one JSON array of objects."""
+    path = Path(path)
+    if path.is_dir():
+        raise SeedError(f"{path}: is a folder, not a file")
+    if not path.is_file():
+        raise SeedError(f"{path}: no such file")
+    try:
+        with path.open(encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+        if not head.startswith("["):
+            return list(iter_jsonl(path))
+        data = read_json(path)
+    except UnicodeDecodeError:
+        raise SeedError(f"{path}: not UTF-8 text") from None
+    for i, r in enumerate(data, 1):
+        if not isinstance(r, dict):
+            raise SeedError(f"{path}: element {i} of the JSON array is not an object")
+    return data
+
+
 def md5_file(path: str | Path) -> str:
     h = hashlib.md5()
     with Path(path).open("rb") as f:

@@ -191,12 +191,20 @@ def _targets(vlm, images, rows, flagged, token_map, config) -> dict[str, torch.T
                 "mask": mask,
             }
         )
+    out = _cat_padded(parts)
+    out["topk_probs"] = out["topk_probs"].float()
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def _cat_padded(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate per-batch tensors along rows, right-padding the T axis (dim 1) to one length."""
     T = max(p["mask"].shape[1] for p in parts)
     out = {}
     for key in parts[0]:
-        padded = [torch.nn.functional.pad(p[key], (0, 0) * (p[key].dim() - 2) + (0, T - p[key].shape[1])) for p in parts]
-        out[key] = torch.cat(padded).cpu()
-    out["topk_probs"] = out["topk_probs"].float()
+        if parts[0][key].dim() == 1:  # per-row values, e.g. item ids
+            out[key] = torch.cat([p[key] for p in parts])
+            continue
+        out[key] = torch.cat([torch.nn.functional.pad(p[key], (0, 0) * (p[key].dim() - 2) + (0, T - p[key].shape[1])) for p in parts])
     return out
 
 
@@ -325,16 +333,7 @@ def load_shards(out: str | Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
         raise SeedError(f"{out}: not a finished purification (run seed purify again to resume it)")
     records = list(iter_jsonl(out / "purified.jsonl"))
     parts = [load_file(out / name) for name in manifest["shards"]]
-    parts = [p for p in parts if "token_ids" in p]
-    T = max(p["token_ids"].shape[1] for p in parts)
-    tensors = {}
-    for key in parts[0]:
-        if key == "item":
-            tensors[key] = torch.cat([p[key] for p in parts])
-            continue
-        padded = [torch.nn.functional.pad(p[key], (0, 0) * (p[key].dim() - 2) + (0, T - p[key].shape[1])) for p in parts]
-        tensors[key] = torch.cat(padded)
-    return records, tensors
+    return records, _cat_padded([p for p in parts if "token_ids" in p])
 
 
 def show_examples(out: str | Path, n: int) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from seed.errors import SeedError
-from seed.io import iter_jsonl, library_versions, load_coco, md5_file, read_json, write_json
+from seed.io import library_versions, load_coco, md5_file, read_json, read_records, write_json
 from seed.lexicon import ObjectLexicon
 
 METRIC_KEYS = ("chair_i", "chair_s", "recall", "mean_length", "n", "n_mentions", "n_hallucinated")
@@ -128,23 +128,7 @@ def read_captions(path: str | Path) -> list[dict]:
     """Caption records from JSON Lines (or one JSON array): ``image_id`` (int) or ``image``
     (file name), and ``caption`` (or ``text``). Other fields are kept."""
     path = Path(path)
-    if path.is_dir():
-        raise SeedError(f"{path}: is a folder, not a file")
-    if not path.is_file():
-        raise SeedError(f"{path}: no such file")
-    try:
-        with path.open(encoding="utf-8") as f:
-            head = f.read(4096).lstrip()
-        if head.startswith("["):
-            data = read_json(path)
-            records = list(data)
-            for i, r in enumerate(records, 1):
-                if not isinstance(r, dict):
-                    raise SeedError(f"{path}: element {i} of the JSON array is not an object")
-        else:
-            records = list(iter_jsonl(path))
-    except UnicodeDecodeError:
-        raise SeedError(f"{path}: not UTF-8 text") from None
+    records = read_records(path)
     if not records:
         raise SeedError(f"{path}: no captions (empty file)")
     return [_caption_record(r, f"{path}: record {i}") for i, r in enumerate(records, 1)]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from seed.errors import SeedError
-from seed.io import iter_jsonl, library_versions, load_coco, md5_file, read_json, write_json, write_jsonl
+from seed.io import library_versions, load_coco, md5_file, read_records, write_json, write_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
 PARSERS = ("official", "strict")
@@ -62,7 +62,7 @@ def load_questions(source: str | Path) -> QuestionSet:
             raise SeedError(f"unknown POPE split {str(source)!r}: choose {', '.join(SHIPPED)} or give a question file")
         name = path.stem
     questions = []
-    for i, r in enumerate(_read_records(path), 1):
+    for i, r in enumerate(read_records(path), 1):
         if "question_id" not in r or "label" not in r:
             raise SeedError(f"{path}: record {i} lacks question_id or label")
         label = r["label"].strip().lower() if isinstance(r["label"], str) else r["label"]
@@ -181,7 +181,7 @@ def load_answers(path: str | Path) -> list[dict]:
     and ``question``, when present, are kept to check that the answers fit the questions.
     """
     path = Path(path)
-    answers = answer_records(_read_records(path), where=str(path))
+    answers = answer_records(read_records(path), where=str(path))
     if not answers:
         raise SeedError(f"{path}: no answers (empty file)")
     return answers
@@ -402,26 +402,6 @@ def metrics_table(result: Mapping[str, Any]):
 
 
 # --------------------------------------------------------------------------- helpers
-def _read_records(path: Path) -> list[dict]:
-    """Records of a JSON Lines file or of a file holding one JSON array of objects."""
-    if path.is_dir():
-        raise SeedError(f"{path}: is a folder, not a file")
-    if not path.is_file():
-        raise SeedError(f"{path}: no such file")
-    try:
-        with path.open(encoding="utf-8") as f:
-            head = f.read(4096).lstrip()
-        if not head.startswith("["):
-            return list(iter_jsonl(path))
-        data = read_json(path)
-    except UnicodeDecodeError:
-        raise SeedError(f"{path}: not UTF-8 text") from None
-    for i, r in enumerate(data, 1):
-        if not isinstance(r, dict):
-            raise SeedError(f"{path}: element {i} of the JSON array is not an object")
-    return data
-
-
 def _qid(value: Any, path: Path | str, i: int) -> int | str:
     """Question ids are ints; digit strings are read as ints so "7" and 7 join."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
