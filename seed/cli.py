@@ -283,6 +283,12 @@ def eval_chair(
 
 
 # ---- purify
+_IDENTIFY_HELP = "Signals that flag hallucinated objects, comma-separated: self-probe, consistency, evidence, contrast, uncertainty, oracle (default: self-probe,consistency)."
+
+
+def _signals(identify: str | None) -> tuple[str, ...] | None:
+    return None if identify is None else tuple(s.strip() for s in identify.split(",") if s.strip())
+
 @app.command("purify")
 def purify_command(
     model: Optional[str] = typer.Option(None, help="Model id, alias (llava-1.5) or folder; default: the embedded world's model."),
@@ -290,8 +296,10 @@ def purify_command(
     images: Optional[Path] = typer.Option(None, help="Folder of images (default: the world's purify split)."),
     annotations: Optional[Path] = typer.Option(None, help="COCO instances for --identify oracle (never needed otherwise)."),
     out: Path = typer.Option(Path("runs/purified"), help="Output folder (a killed run resumes here)."),
-    identify: str = typer.Option("self-probe", help="Comma-separated signals: self-probe, evidence, oracle."),
+    identify: Optional[str] = typer.Option(None, help=_IDENTIFY_HELP),
     tau: float = typer.Option(0.5, help="Flag a category when its hallucination score h > tau."),
+    samples: Optional[int] = typer.Option(None, help="Sampled captions per image for the consistency signal (default 8)."),
+    null_image: Optional[str] = typer.Option(None, help="Null image of the contrast signal: none (default), grey or noise."),
     top_k: int = typer.Option(8, help="Stored top-K width."),
     batch_size: int = typer.Option(16),
     show: int = typer.Option(0, help="Print N purified examples with flagged words highlighted, then exit."),
@@ -311,8 +319,9 @@ def purify_command(
 
         world = ensure_world()
         images = world / "purify" / "images"
-        annotations = annotations or (world / "purify" / "annotations" / "instances.json" if "oracle" in identify else None)
-    config = PurifyConfig(identify=tuple(s.strip() for s in identify.split(",") if s.strip()), tau=tau, top_k=top_k, batch_size=batch_size)
+        annotations = annotations or (world / "purify" / "annotations" / "instances.json" if "oracle" in (identify or "") else None)
+    given = {"identify": _signals(identify), "samples": samples, "null_image": null_image}
+    config = PurifyConfig(tau=tau, top_k=top_k, batch_size=batch_size, **{k: v for k, v in given.items() if v is not None})
     vlm = None
     if model is not None or adapter is not None or trust_remote_code:
         from seed.adapters import load
@@ -324,7 +333,6 @@ def purify_command(
 
 # ---- evolve
 _LOSS_HELP = "reverse-kl (SEED, mode-seeking), forward-kl (mass-covering), jsd (generalized JSD, --beta) or sft (cross-entropy on the repaired responses)."
-_IDENTIFY_HELP = "Signals that flag hallucinated objects, comma-separated: evidence, self-probe, contrast, uncertainty, oracle (default: purify's)."
 
 
 @app.command("evolve")
@@ -364,7 +372,7 @@ def evolve_command(
 
     config = EvolveConfig(
         rounds=rounds, loss=loss, patience=patience,
-        identify=tuple(s.strip() for s in identify.split(",") if s.strip()) if identify is not None else None,
+        identify=_signals(identify),
         distill=DistillConfig(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, rank=rank, alpha=alpha, site_weight=site_weight, beta=beta),
         images=str(images) if images else None, annotations=str(annotations) if annotations else None,
         eval_images=str(eval_images) if eval_images else None, eval_annotations=str(eval_annotations) if eval_annotations else None,

@@ -8,6 +8,9 @@ Signals (``--identify``):
 - ``contrast``: grounding contrast log p(y | v) − log p(y | ṽ) of the mention's first token;
 - ``uncertainty``: −log p of the emitted mention token;
 - ``self-probe``: 1 − P(yes) when the model is asked "Is there a {object} in the image?";
+- ``consistency``: how rarely the object comes up in S sampled captions of the image, as the
+  posterior (S − k + ½)/(S + 1) after k mentions. The model's generative knowledge checks its
+  discriminative answers, and its errors there are partly independent of the probe's;
 - ``evidence``: shared evidence. Grey out each cell of a grid over the image, re-ask the
   self-probe, and read where each object's "yes" comes from. A co-occurrence hallucination
   ("fork" next to a visible knife) draws its evidence from the region of *another* object the
@@ -24,7 +27,7 @@ from PIL import Image
 
 from seed.lexicon import ObjectLexicon
 
-SIGNALS = ("evidence", "self-probe", "contrast", "uncertainty", "oracle")
+SIGNALS = ("self-probe", "consistency", "evidence", "contrast", "uncertainty", "oracle")
 PROBE_SUFFIX = "\nAnswer the question using a single word or phrase."
 
 
@@ -73,6 +76,25 @@ def yes_margin(vlm, images: list[Image.Image], categories: list[str], batch_size
         logits, _, _ = vlm.response_logits(imgs, [probe_question(c) for c in cats], ["Yes"] * len(cats))
         out.append(logits[:, 0, yes] - logits[:, 0, no])
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def consistency_scores(mentions: list[set[str]], samples: int, categories: list[str]) -> dict[str, float]:
+    """h(c) = (S − k + ½)/(S + 1) for a category named in k of S sampled responses (Jeffreys prior)."""
+    return {c: (samples - sum(c in m for m in mentions) + 0.5) / (samples + 1) for c in categories}
+
+
+def combine(signals: list[dict[str, float]], clip: float = 1e-4) -> dict[str, float]:
+    """Product of experts: h = σ(Σ_s logit h_s) over the signals that score each category.
+
+    Independent pieces of evidence add in log-odds, so a confident signal is not averaged away by
+    an unsure one; ``clip`` keeps hard 0/1 scores (the oracle) finite.
+    """
+    categories = {c for s in signals for c in s}
+    out = {}
+    for c in sorted(categories):
+        logit = sum(torch.logit(torch.tensor(s[c]).clamp(clip, 1 - clip)).item() for s in signals if c in s)
+        out[c] = float(torch.sigmoid(torch.tensor(logit)))
+    return out
 
 
 def mask_cell(image: Image.Image, row: int, col: int, grid: int, colour: tuple[int, int, int]) -> Image.Image:

@@ -8,6 +8,7 @@ All outputs are fp32 (scores, probabilities) or bool/long (flags, ids).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -166,3 +167,34 @@ def repair_tokens(emitted_ids: Tensor, topk_ids: Tensor, purified_probs: Tensor,
     """
     best = topk_ids.gather(-1, purified_probs.argmax(-1, keepdim=True)).squeeze(-1)
     return torch.where(sites, best, emitted_ids)
+
+
+class PurgeProcessor:
+    """Purified decoding (method.md §4) as a transformers logits processor.
+
+    At every step the candidates of H_t get zero probability: ``banned[b]`` holds row b's flagged
+    token ids. With ``objects`` (token id → object category), a row never names an object it
+    has already generated (the prompt is what the first call sees): with its doubtful objects
+    banned a small model otherwise fills the gap by repeating a safe one. One instance per
+    ``generate`` call; under beam search each item's beams share its ``banned`` row.
+    """
+
+    def __init__(self, banned: Sequence[Collection[int]], objects: Mapping[int, str] | None = None):
+        self.banned = [sorted(b) for b in banned]
+        self.prompt_length: int | None = None
+        self.objects = dict(objects or {})
+        self.ids_of: dict[str, list[int]] = {}
+        for token, category in self.objects.items():
+            self.ids_of.setdefault(category, []).append(token)
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        scores = scores.clone()
+        beams = input_ids.shape[0] // len(self.banned)
+        for b, row in enumerate(input_ids[:, self.prompt_length :].tolist()):
+            named = {self.objects[t] for t in row if t in self.objects}
+            ids = self.banned[b // beams] + [t for c in named for t in self.ids_of[c]]
+            if ids:
+                scores[b, ids] = float("-inf")
+        return scores

@@ -5,6 +5,7 @@ import torch
 
 from seed.errors import SeedError
 from seed.purge import (
+    PurgeProcessor,
     contrastive_purge,
     effective_flags,
     grounding_contrast,
@@ -115,3 +116,18 @@ def test_contrastive_purge_limits_and_shapes():
     assert step.dtype == torch.float32 and step.shape == (2, 17)
     with pytest.raises(SeedError):
         contrastive_purge(z, z_null, alpha=-1.0, beta=0.1)
+
+
+def test_purge_processor_bans_flagged_and_repeated_objects():
+    objects = {5: "dog", 6: "dog", 7: "cup"}  # two surface forms of "dog"
+    proc = PurgeProcessor([{7}, set()], objects)
+    prompt = torch.tensor([[1, 2], [1, 2]])
+    scores = proc(prompt, torch.zeros(2, 10))
+    assert torch.isinf(scores[0, 7]) and torch.isfinite(scores[0]).sum() == 9 and torch.isfinite(scores[1]).all()
+    # row 1 has generated "dog": neither form of it may come again; the prompt never counts
+    scores = proc(torch.tensor([[1, 2, 3], [1, 2, 5]]), torch.zeros(2, 10))
+    assert torch.isinf(scores[1, [5, 6]]).all() and torch.isfinite(scores[1, 7])
+    # beam search: each item's beams share its banned row
+    beams = PurgeProcessor([{7}, set()], objects)
+    scores = beams(torch.ones(4, 2, dtype=torch.long), torch.zeros(4, 10))
+    assert torch.isinf(scores[:2, 7]).all() and torch.isfinite(scores[2:]).all()

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from seed.errors import SeedError
-from seed.identify import find_mentions, shared_evidence_scores
+from seed.identify import combine, consistency_scores, find_mentions, shared_evidence_scores
 from seed.lexicon import ObjectLexicon
 from seed.purify import PurifyConfig, load_shards, object_token_map, purify
 
@@ -88,3 +88,42 @@ def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkey
 def test_oracle_needs_annotations(tiny_llava_dir, tmp_path):
     with pytest.raises(SeedError, match="needs --annotations"):
         purify(str(tiny_llava_dir), images=_images(tmp_path / "images", 1), out=tmp_path / "o", config=PurifyConfig(identify=("oracle",)), device="cpu")
+
+
+def test_consistency_is_the_smoothed_share_of_samples_without_the_object():
+    samples = [{"dog"}, {"dog", "cup"}, set()]
+    h = consistency_scores(samples, 3, ["dog", "cup", "car"])
+    assert h == pytest.approx({"dog": 1.5 / 4, "cup": 2.5 / 4, "car": 3.5 / 4})
+
+
+def test_combine_adds_log_odds():
+    h = combine([{"dog": 0.8, "cup": 0.3}, {"dog": 0.8}])
+    assert h["dog"] == pytest.approx(0.8**2 / (0.8**2 + 0.2**2))  # two agreeing experts are surer than one
+    assert h["cup"] == pytest.approx(0.3)  # scored by one signal only: passed through
+    assert combine([{"dog": 1.0}, {"dog": 0.01}])["dog"] > 0.99  # a hard oracle 1 stays finite and wins
+
+
+def test_answers_are_purged_on_both_sides(tiny_llava_dir):
+    """A "Yes" about a flagged object and a "No" about an affirmed one are both sites, repaired."""
+    import seed.purify as P
+    from seed.adapters import load
+    from seed.identify import answer_token_ids, probe_question
+
+    vlm = load(str(tiny_llava_dir), device="cpu")
+    image = Image.new("RGB", (32, 32), (120, 30, 30))
+    rows = [(0, probe_question("cup"), "Yes", "cup"), (0, probe_question("dog"), "No", "dog"), (0, probe_question("car"), "No", "car")]
+    config = PurifyConfig(top_k=len(vlm.tokenizer))
+    out = P._targets(vlm, [image], rows, [["cup"]], [{"dog"}], {}, config)
+    yes, no = answer_token_ids(vlm)
+    sites = out["sites"]
+    assert sites.sum(-1).tolist() == [1, 1, 0]  # "car" is neither flagged nor affirmed: left alone
+    assert out["token_ids"][0][sites[0]] != yes and out["token_ids"][1][sites[1]] != no
+    assert set(out["topk_ids"][out["flags"]].tolist()) == {yes, no}
+
+
+def test_every_signal_is_selectable(tiny_llava_dir, tmp_path):
+    signals = ("self-probe", "consistency", "evidence", "contrast", "uncertainty")
+    config = PurifyConfig(identify=signals, samples=2, questions_per_image=2, max_new_tokens=6, categories=("dog", "cup"))
+    out = purify(str(tiny_llava_dir), images=_images(tmp_path / "images", 2), out=tmp_path / "o", config=config, device="cpu")
+    records, _ = load_shards(out)
+    assert records and all(0 <= h <= 1 for r in records for h in r["scores"].values())

@@ -199,6 +199,7 @@ class VisionLanguageModel:
         top_p: float = 1.0,
         seed: int | None = None,
         logits_processor=None,
+        num_beams: int = 1,
     ) -> list[str]:
         """Batched generation; decoded responses with special tokens skipped, stripped.
 
@@ -215,6 +216,7 @@ class VisionLanguageModel:
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
+            num_beams=num_beams,
             **sampling,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
