@@ -76,7 +76,13 @@ _PROTOCOL_HELP = (
     "sampling: question + ' Please answer this question with one word.', T=1, top_p=1, one run per --seeds."
 )
 _SEEDS_HELP = "Sampling seeds, comma-separated (default 1,2,3); metrics are the mean with the std over seeds."
-_DECODING_HELP = "greedy (the model as is) or vcd (visual contrastive decoding against a diffusion-noised image)."
+_DECODING_HELP = (
+    "greedy (the model as is), vcd (visual contrastive decoding against a diffusion-noised image) "
+    "or purified (seed purify's identify + purge at every step: the slow twin the adapter replaces)."
+)
+DecodingOpt = typer.Option("greedy", "--decoding", help=_DECODING_HELP)
+VcdAlphaOpt = typer.Option(1.0, "--vcd-alpha", help="VCD contrast strength α.")
+VcdBetaOpt = typer.Option(0.1, "--vcd-beta", help="VCD plausibility cut-off β.")
 _BATCH_HELP = "Questions per forward pass or generate call."
 _ANNOTATIONS_HELP = "COCO-format instances JSON: build the questions from it (as build-pope does, seeded by --build-seed)."
 
@@ -140,9 +146,9 @@ def _pope_split_command(split: str):
         build_seed: int = typer.Option(0, "--build-seed", help="With --annotations: the question-building seed."),
         protocol: str = typer.Option("greedy", "--protocol", help=_PROTOCOL_HELP),
         seeds: Optional[str] = typer.Option(None, "--seeds", help=_SEEDS_HELP),
-        decoding: str = typer.Option("greedy", "--decoding", help=_DECODING_HELP),
-        vcd_alpha: float = typer.Option(1.0, "--vcd-alpha", help="VCD contrast strength α."),
-        vcd_beta: float = typer.Option(0.1, "--vcd-beta", help="VCD plausibility cut-off β."),
+        decoding: str = DecodingOpt,
+        vcd_alpha: float = VcdAlphaOpt,
+        vcd_beta: float = VcdBetaOpt,
         batch_size: int = typer.Option(32, "--batch-size", help=_BATCH_HELP),
         max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest answer generated."),
         device: str = DeviceOpt,
@@ -188,9 +194,9 @@ def eval_pope(
     build_seed: int = typer.Option(0, "--build-seed", help="With --annotations: the question-building seed."),
     protocol: str = typer.Option("greedy", "--protocol", help=_PROTOCOL_HELP),
     seeds: Optional[str] = typer.Option(None, "--seeds", help=_SEEDS_HELP),
-    decoding: str = typer.Option("greedy", "--decoding", help=_DECODING_HELP),
-    vcd_alpha: float = typer.Option(1.0, "--vcd-alpha", help="VCD contrast strength α."),
-    vcd_beta: float = typer.Option(0.1, "--vcd-beta", help="VCD plausibility cut-off β."),
+    decoding: str = DecodingOpt,
+    vcd_alpha: float = VcdAlphaOpt,
+    vcd_beta: float = VcdBetaOpt,
     batch_size: int = typer.Option(32, "--batch-size", help=_BATCH_HELP),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest answer generated."),
     device: str = DeviceOpt,
@@ -248,6 +254,9 @@ def eval_chair(
     image_seed: int = typer.Option(0, "--image-seed", help="Seed of the image sample."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per generate call."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest caption generated."),
+    decoding: str = DecodingOpt,
+    vcd_alpha: float = VcdAlphaOpt,
+    vcd_beta: float = VcdBetaOpt,
     device: str = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
     load_in_4bit: bool = FourBitOpt,
@@ -266,7 +275,7 @@ def eval_chair(
         result = _runner.evaluate_chair_model(
             spec, images=images, annotations=annotations, ref_captions=ref_captions, lexicon=lexicon,
             num_images=num_images, image_seed=image_seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            output=output, log=lambda line: console.print(line, highlight=False),
+            decoding=_runner.Decoding(decoding, vcd_alpha, vcd_beta), output=output, log=lambda line: console.print(line, highlight=False),
         )  # fmt: skip
         Console().print(_chair.metrics_table(result))
         if output is not None:

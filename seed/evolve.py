@@ -190,43 +190,15 @@ def evaluate(
             decoding=decoding, batch_size=batch_size, output=out_dir / f"pope-{split}.json",
         )  # fmt: skip
         pope[split] = {k: result["metrics"][k] for k in POPE_KEYS}
-    if decoding.name == "greedy":
-        chair = runner.evaluate_chair_model(
-            spec,
-            vlm=vlm,
-            images=data.eval_images,
-            annotations=data.eval_annotations,
-            num_images=chair_images,
-            output=out_dir / "chair.json",
-        )
-    else:
-        chair = _chair_with_decoding(vlm, data, decoding, chair_images, out_dir / "chair.json")
+    chair = runner.evaluate_chair_model(
+        spec, vlm=vlm, images=data.eval_images, annotations=data.eval_annotations,
+        num_images=chair_images, decoding=decoding, output=out_dir / "chair.json",
+    )  # fmt: skip
     return {
         "pope": pope,
         "pope_mean_f1": sum(m["f1"] for m in pope.values()) / len(pope),
         "chair": {k: chair["metrics"][k] for k in CHAIR_KEYS},
     }
-
-
-def _chair_with_decoding(vlm, data: Datasets, decoding: Decoding, num_images: int, output: Path) -> dict:
-    """CHAIR with another decoding than greedy (the runner's CHAIR loop is greedy only): the same
-    image sample as :func:`seed.evaluation.runner.evaluate_chair_model`."""
-    from seed.evaluation import chair as C
-    from seed.evaluation.runner import CAPTION_PROMPT, LazyImages, describe_images
-    from seed.io import load_coco, write_jsonl
-
-    coco, _ = load_coco(data.eval_annotations)
-    ids = sorted(coco.imgs)
-    if len(ids) > num_images:
-        ids = sorted(random.Random(0).sample(ids, num_images))
-    names = [coco.imgs[i]["file_name"] for i in ids]
-    captions = describe_images(vlm, LazyImages(data.eval_images, names), decoding=decoding)
-    records = [{"image_id": i, "image": n, "prompt": CAPTION_PROMPT, "caption": c} for i, n, c in zip(ids, names, captions)]
-    result = C.evaluate_chair(records, data.eval_annotations)
-    result["manifest"].update(model=vlm.name_or_path, prompt=CAPTION_PROMPT, decoding=decoding.manifest())
-    write_jsonl(output.with_name(f"{output.stem}.captions.jsonl"), records)
-    C.write_result(output, result)
-    return result
 
 
 # --------------------------------------------------------------------------- selection

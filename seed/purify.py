@@ -107,6 +107,43 @@ def banned_ids(categories, token_map: dict[int, str]) -> set[int]:
     return {t for t, c in token_map.items() if c in categories}
 
 
+class PurifiedDecoding:
+    """The decoding-time twin of ``seed purify`` (``seed eval ... --decoding purified``).
+
+    Each image is identified once (cached by its pixels) with purify's signals; every generation
+    then runs under :class:`~seed.purge.PurgeProcessor`: flagged objects banned, no object named
+    twice, and for a question about an object "Yes" banned when it is flagged, "No" when the
+    signals affirm it. Several extra passes per image: the cost SEED's adapter removes.
+    """
+
+    def __init__(self, vlm, config: PurifyConfig | None = None):
+        self.vlm, self.config = vlm, config or PurifyConfig()
+        self.lexicon = ObjectLexicon.default(self.config.lexicon)
+        self.token_map = object_token_map(vlm.tokenizer, self.lexicon)
+        self.yes, self.no = answer_token_ids(vlm)
+        self.scores: dict[str, dict[str, float]] = {}
+
+    def processor(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> PurgeProcessor:
+        import hashlib
+
+        keys = [hashlib.md5(im.tobytes()).hexdigest() for im in images]
+        todo = {k: im for k, im in zip(keys, images) if k not in self.scores}
+        if todo:
+            found = identify_images(self.vlm, list(todo.values()), self.config, self.lexicon, self.token_map)
+            self.scores.update(zip(todo, found.scores))
+        banned = []
+        for key, prompt in zip(keys, prompts):
+            h, tau = self.scores[key], self.config.tau
+            ids = banned_ids({c for c, v in h.items() if v > tau}, self.token_map)
+            about = {m.category for m in self.lexicon.find(prompt)} & set(h)
+            if about and any(h[c] > tau for c in about):
+                ids.add(self.yes)
+            elif about and all(h[c] < 1 - tau for c in about):
+                ids.add(self.no)
+            banned.append(ids)
+        return PurgeProcessor(banned, self.token_map)
+
+
 # --------------------------------------------------------------------------- identify
 def category_scores(
     vlm,
@@ -179,6 +216,36 @@ def _mention_scores(vlm, images, captions, signals, config, lexicon) -> list[lis
 
 
 # --------------------------------------------------------------------------- one batch of images
+@dataclass
+class Identification:
+    """What the teacher says about a batch of images before anything is purged."""
+
+    captions: list[str]  # greedy
+    margins: list[dict[str, float]]  # self-probe yes-margin per pool category
+    asked: list[list[str]]  # the categories the purification questions are about
+    scores: list[dict[str, float]]  # h(c)
+
+
+@torch.no_grad()
+def identify_images(
+    vlm, images: list[Image.Image], config: PurifyConfig, lexicon: ObjectLexicon, token_map: dict[int, str], truth: list[set[str]] | None = None
+) -> Identification:
+    """Caption, probe and score a batch of images (method.md §1–2)."""
+    pool = list(config.categories or sorted(set(token_map.values())))
+    n = len(images)
+    captions = vlm.generate(images, [CAPTION_PROMPT] * n, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample)
+    flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], config.batch_size * 4)
+    margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
+    # Questions: every category the caption names, then the ones the model most wants to affirm.
+    mentioned = [sorted({m.category for m in lexicon.find(c)} & set(pool)) for c in captions]
+    asked = []
+    for i in range(n):
+        rest = sorted((c for c in pool if c not in mentioned[i]), key=lambda c: -margins[i][c])
+        asked.append((mentioned[i] + rest)[: max(config.questions_per_image, len(mentioned[i]))])
+    scores = category_scores(vlm, images, captions, asked, margins, config, lexicon, truth)
+    return Identification(captions, margins, asked, scores)
+
+
 @torch.no_grad()
 def purify_images(
     vlm,
@@ -190,19 +257,9 @@ def purify_images(
     truth: list[set[str]] | None = None,
 ) -> tuple[list[ImageResult], dict[str, torch.Tensor]]:
     """Purify a batch of images: the readable results and the stored tensors."""
-    pool = list(config.categories or sorted(set(token_map.values())))
     n = len(images)
-    captions = vlm.generate(images, [CAPTION_PROMPT] * n, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample)
-    flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], config.batch_size * 4)
-    margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
-
-    # Questions: every category the caption names, then the ones the model most wants to affirm.
-    mentioned = [sorted({m.category for m in lexicon.find(c)} & set(pool)) for c in captions]
-    asked = []
-    for i in range(n):
-        rest = sorted((c for c in pool if c not in mentioned[i]), key=lambda c: -margins[i][c])
-        asked.append((mentioned[i] + rest)[: max(config.questions_per_image, len(mentioned[i]))])
-    scores = category_scores(vlm, images, captions, asked, margins, config, lexicon, truth)
+    found = identify_images(vlm, images, config, lexicon, token_map, truth)
+    captions, margins, asked, scores = found.captions, found.margins, found.asked, found.scores
     flagged = [sorted(c for c, h in s.items() if h > config.tau) for s in scores]
     affirmed = [{c for c, h in s.items() if h < 1 - config.tau} for s in scores]
 

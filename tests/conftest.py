@@ -14,7 +14,7 @@ from PIL import Image
 
 TINY_WORDS = [
     "USER", "ASSISTANT", "user", "assistant", ":", "?", ".", ",",
-    "a", "an", "the", "is", "there", "in", "image", "yes", "no", "describe", "and", "with", "of",
+    "a", "an", "the", "is", "there", "in", "image", "yes", "no", "Yes", "No", "describe", "and", "with", "of",
     "dog", "cat", "cup", "spoon", "knife", "fork", "car", "truck", "red", "blue", "green",
 ]  # fmt: skip
 

@@ -127,3 +127,26 @@ def test_every_signal_is_selectable(tiny_llava_dir, tmp_path):
     out = purify(str(tiny_llava_dir), images=_images(tmp_path / "images", 2), out=tmp_path / "o", config=config, device="cpu")
     records, _ = load_shards(out)
     assert records and all(0 <= h <= 1 for r in records for h in r["scores"].values())
+
+
+def test_purified_decoding_bans_what_identification_rejects(tiny_llava_dir):
+    import hashlib
+
+    from seed.adapters import load
+    from seed.evaluation.runner import Decoding, generate_answers
+    from seed.identify import probe_question
+    from seed.purify import CAPTION_PROMPT, PurifiedDecoding
+
+    vlm = load(str(tiny_llava_dir), device="cpu")
+    image = Image.new("RGB", (32, 32), (10, 200, 10))
+    twin = PurifiedDecoding(vlm, PurifyConfig(samples=1, categories=("dog", "cup", "car")))
+    twin.scores[hashlib.md5(image.tobytes()).hexdigest()] = {"dog": 0.9, "cup": 0.1, "car": 0.5}
+    proc = twin.processor([image] * 4, [probe_question("dog"), probe_question("cup"), probe_question("car"), CAPTION_PROMPT])
+    dog = {t for t, c in twin.token_map.items() if c == "dog"}
+    assert all(dog <= set(row) for row in proc.banned)  # the flagged object, everywhere
+    assert twin.yes in proc.banned[0] and twin.no not in proc.banned[0]
+    assert twin.no in proc.banned[1] and twin.yes not in proc.banned[1]
+    assert twin.yes not in proc.banned[2] and twin.no not in proc.banned[2]  # undecided: both answers allowed
+    # end to end: identification runs on an unseen image and generation goes through
+    texts = generate_answers(vlm, [image, Image.new("RGB", (32, 32))], [probe_question("dog"), CAPTION_PROMPT], max_new_tokens=4, decoding=Decoding("purified"))
+    assert len(texts) == 2

@@ -56,7 +56,7 @@ CAPTION_PROMPT = "Please describe this image in detail."
 CANDIDATES = ("Yes", "No")
 # "greedy" = the model's own distribution (argmax or sampled, as the protocol says); further
 # decodings (e.g. "purified") join this tuple and _logits_processor below.
-DECODINGS = ("greedy", "vcd")
+DECODINGS = ("greedy", "vcd", "purified")
 VCD_NOISE_STEP = 500
 # Families whose forward takes pixel_values with a standard transformers KV cache.
 PREFIX_CACHE_FAMILIES = frozenset({"llava", "internvl"})
@@ -133,7 +133,8 @@ class _Subset(Sequence):
 # --------------------------------------------------------------------------- decoding
 @dataclass(frozen=True)
 class Decoding:
-    """How each next token is chosen: ``greedy`` (the model as is) or ``vcd`` (α, β)."""
+    """How each next token is chosen: ``greedy`` (the model as is), ``vcd`` (α, β), or ``purified``
+    (the decoding-time twin of ``seed purify``: :class:`seed.purify.PurifiedDecoding`)."""
 
     name: str = "greedy"
     alpha: float = 1.0
@@ -199,9 +200,11 @@ class ContrastiveDecoding:
         return torch.log(probs).to(scores.dtype)
 
 
-def _logits_processor(vlm, decoding: Decoding, images, prompts):
+def _logits_processor(vlm, decoding: Decoding, images, prompts, purified=None):
     if decoding.name == "vcd":
         return ContrastiveDecoding(vlm, images, prompts, decoding.alpha, decoding.beta)
+    if decoding.name == "purified":
+        return purified.processor(images, prompts)
     return None
 
 
@@ -230,6 +233,11 @@ def generate_answers(
     """
     if do_sample and seed is None:
         raise SeedError("sampling needs a seed")
+    purified = None
+    if decoding.name == "purified":
+        from seed.purify import PurifiedDecoding
+
+        purified = PurifiedDecoding(vlm)
     texts: list[str] = []
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         ims, ps = list(images[start : start + batch_size]), list(prompts[start : start + batch_size])
@@ -241,7 +249,8 @@ def generate_answers(
             temperature=1.0,
             top_p=1.0,
             seed=batch_seed(seed, b) if do_sample else None,
-            logits_processor=_logits_processor(vlm, decoding, ims, ps),
+            logits_processor=_logits_processor(vlm, decoding, ims, ps, purified),
+            num_beams=purified.config.repair_beams if purified is not None and not do_sample else 1,
         )
         on_progress(len(ps))
     return texts
@@ -879,10 +888,12 @@ def evaluate_chair_model(
     max_new_tokens: int = 128,
     output: str | Path | None = None,
     vlm=None,
+    decoding: Decoding = Decoding(),
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Caption ``num_images`` annotated images (sampled with ``image_seed``, taken in id order)
-    with "Please describe this image in detail." (greedy) and score them with CHAIR.
+    with "Please describe this image in detail." (``decoding``, greedy by default) and score them
+    with CHAIR.
 
     Without ``spec.model``, images and annotations default to the embedded world's held-out
     split. With ``output``, the captions go beside it (:func:`captions_path`).
@@ -906,7 +917,7 @@ def evaluate_chair_model(
 
     vlm = vlm if vlm is not None else spec.load()
     start = time.time()
-    captions = describe_images(vlm, LazyImages(images, names), batch_size=batch_size, max_new_tokens=max_new_tokens)
+    captions = describe_images(vlm, LazyImages(images, names), batch_size=batch_size, max_new_tokens=max_new_tokens, decoding=decoding)
     log(f"{len(captions)} captions in {time.time() - start:.1f} s")
     records = [{"image_id": i, "image": n, "prompt": CAPTION_PROMPT, "caption": c} for i, n, c in zip(ids, names, captions)]
     result = C.evaluate_chair(records, annotations, ref_captions=ref_captions, lexicon=lexicon)
@@ -914,7 +925,7 @@ def evaluate_chair_model(
         model=vlm.name_or_path,
         adapter=spec.adapter,
         prompt=CAPTION_PROMPT,
-        decoding="greedy",
+        decoding=decoding.manifest(),
         max_new_tokens=max_new_tokens,
         images={"path": str(images), "count": len(ids), "sample_seed": image_seed},
     )
