@@ -1,8 +1,9 @@
 """How well each self-signal flags hallucinated object mentions, against the oracle.
 
 Captions are generated greedily on held-out world images; every object mention is labelled by
-the image's annotations (hallucinated = category absent) and scored by each signal. Prints
-AUROC, and precision / recall at each signal's default threshold.
+the image's annotations (hallucinated = category absent) and scored by each signal as purify
+scores it (h ∈ [0, 1]), and by the default combination (self-probe × consistency, a product of
+experts). Prints AUROC, and precision / recall of the flag h > 0.5.
 
     python benchmarks/identify_signals.py [--world DIR] [--num-images 200]
 """
@@ -13,11 +14,11 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from seed.adapters import load
-from seed.identify import find_mentions, region_evidence, shared_evidence_scores
+from seed.identify import combine, consistency_scores, find_mentions, region_evidence, shared_evidence_scores
+from seed.purge import to_unit
 from seed.io import load_coco
 from seed.lexicon import ObjectLexicon
 from seed.world import ensure_world
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--world", type=Path, default=None)
     ap.add_argument("--num-images", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=8, help="sampled captions per image (consistency)")
     args = ap.parse_args()
     world = args.world or ensure_world()
     vlm = load(str(world / "model"), device="cpu")
@@ -56,6 +58,10 @@ def main() -> None:
         imgs = [images[i] for i in chunk]
         prompts = [CAPTION_PROMPT] * len(chunk)
         captions = vlm.generate(imgs, prompts, max_new_tokens=48)
+        sampled = [[] for _ in chunk]
+        for _ in range(args.samples):
+            for b, text in enumerate(vlm.generate(imgs, prompts, max_new_tokens=48, do_sample=True)):
+                sampled[b].append({m.category for m in lexicon.find(text)})
         logits, resp, mask = vlm.response_logits(imgs, prompts, captions)
         logp = logits.log_softmax(-1).gather(-1, resp[..., None])[..., 0]
         null = {
@@ -71,22 +77,17 @@ def main() -> None:
                 continue
             margin, evidence = region_evidence(vlm, images[i], cats)
             shared = shared_evidence_scores(margin, evidence)
+            consistency = consistency_scores(sampled[b], args.samples, cats)
             for m in mentions:
                 c = cats.index(m.category)
                 t = m.token
-                rows.append(
-                    (
-                        int(m.category not in truth[i]),
-                        {
-                            "contrast-grey": -(logp[b, t] - null["grey"][b, t]).item(),
-                            "contrast-none": -(logp[b, t] - null["none"][b, t]).item(),
-                            "contrast-noise": -(logp[b, t] - null["noise"][b, t]).item(),
-                            "uncertainty": -logp[b, t].item(),
-                            "self-probe": -margin[c].item(),
-                            "evidence": shared[c].item(),
-                        },
-                    )
-                )
+                h = {f"contrast-{kind}": to_unit(null[kind][b, t] - logp[b, t]).item() for kind in ("grey", "none", "noise")}
+                h["uncertainty"] = 1 - logp[b, t].exp().item()
+                h["self-probe"] = to_unit(-margin[c]).item()
+                h["consistency"] = consistency[m.category]
+                h["evidence"] = shared[c].item()
+                h["default (self-probe × consistency)"] = combine([{0: h["self-probe"]}, {0: h["consistency"]}])[0]
+                rows.append((int(m.category not in truth[i]), h))
     report("caption mentions", rows)
 
     # "Yes" answers: every category the model says is there, hallucinated when it is not.
@@ -97,16 +98,21 @@ def main() -> None:
         shared = shared_evidence_scores(margin, evidence)
         for c, name in enumerate(categories):
             if margin[c] > 0:
-                rows.append((int(name not in truth[i]), {"self-probe": -margin[c].item(), "evidence": shared[c].item()}))
+                rows.append((int(name not in truth[i]), {"self-probe": to_unit(-margin[c]).item(), "evidence": shared[c].item()}))
     report("yes answers", rows)
 
 
 def report(what: str, rows: list[tuple[int, dict[str, float]]]) -> None:
     labels = [y for y, _ in rows]
     print(f"{what}: {len(rows)}, {sum(labels)} hallucinated")
+    print(f"  {'signal':36s} AUROC  precision  recall  (flag: h > 0.5)")
     for signal in rows[0][1]:
         scores = [s[signal] for _, s in rows]
-        print(f"  {signal:16s} AUROC {auroc(scores, labels):.3f}")
+        flags = [h > 0.5 for h in scores]
+        hits = sum(f and y for f, y in zip(flags, labels))
+        precision = hits / max(sum(flags), 1)
+        recall = hits / max(sum(labels), 1)
+        print(f"  {signal:36s} {auroc(scores, labels):.3f}  {precision:9.3f}  {recall:6.3f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import shutil
 import time
 from collections.abc import Sequence

@@ -16,7 +16,6 @@ from torch import Tensor
 
 from seed.errors import SeedError
 
-
 # --- §2 identify: raw signals -------------------------------------------------------------
 
 

@@ -42,9 +42,23 @@ from seed.identify import (
     shared_evidence_scores,
     yes_margin,
 )
-from seed.io import atomic_write_bytes, atomic_write_text, iter_jsonl, library_versions, md5_strings, write_json
+from seed.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    iter_jsonl,
+    library_versions,
+    md5_strings,
+    write_json,
+)
 from seed.lexicon import ObjectLexicon
-from seed.purge import PurgeProcessor, grounding_contrast, hallucination_sites, purge, repair_tokens, to_unit
+from seed.purge import (
+    PurgeProcessor,
+    grounding_contrast,
+    hallucination_sites,
+    purge,
+    repair_tokens,
+    to_unit,
+)
 
 CAPTION_PROMPT = "Please describe this image in detail."
 
@@ -208,9 +222,10 @@ def _mention_scores(vlm, images, captions, signals, config, lexicon) -> list[lis
     for b in range(len(images)):
         found: dict[str, dict[str, float]] = {s: {} for s in signals}
         for m in find_mentions(vlm.tokenizer, ids[b][mask[b]].tolist(), lexicon):
-            values = {"contrast": lambda: to_unit(-g[b, m.token]).item(), "uncertainty": lambda: 1 - logp[b, m.token].exp().item()}
-            for s in signals:
-                found[s][m.category] = max(found[s].get(m.category, 0.0), values[s]())
+            if g is not None:
+                found["contrast"][m.category] = max(found["contrast"].get(m.category, 0.0), to_unit(-g[b, m.token]).item())
+            if "uncertainty" in found:
+                found["uncertainty"][m.category] = max(found["uncertainty"].get(m.category, 0.0), 1 - logp[b, m.token].exp().item())
         out.append([found[s] for s in signals])
     return out
 

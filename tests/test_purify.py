@@ -7,7 +7,12 @@ import torch
 from PIL import Image
 
 from seed.errors import SeedError
-from seed.identify import combine, consistency_scores, find_mentions, shared_evidence_scores
+from seed.identify import (
+    combine,
+    consistency_scores,
+    find_mentions,
+    shared_evidence_scores,
+)
 from seed.lexicon import ObjectLexicon
 from seed.purify import PurifyConfig, load_shards, object_token_map, purify
 
