@@ -309,6 +309,7 @@ def purify_command(
     tau: float = typer.Option(0.5, help="Flag a category when its hallucination score h > tau."),
     samples: Optional[int] = typer.Option(None, help="Sampled captions per image for the consistency signal (default 8)."),
     null_image: Optional[str] = typer.Option(None, help="Null image of the contrast signal: none (default), grey or noise."),
+    do_sample: bool = typer.Option(False, "--do-sample", help="Sample the teacher's captions (T=1) instead of greedy decoding."),
     top_k: int = typer.Option(8, help="Stored top-K width."),
     batch_size: int = typer.Option(16),
     show: int = typer.Option(0, help="Print N purified examples with flagged words highlighted, then exit."),
@@ -330,7 +331,7 @@ def purify_command(
         images = world / "purify" / "images"
         annotations = annotations or (world / "purify" / "annotations" / "instances.json" if "oracle" in (identify or "") else None)
     given = {"identify": _signals(identify), "samples": samples, "null_image": null_image}
-    config = PurifyConfig(tau=tau, top_k=top_k, batch_size=batch_size, **{k: v for k, v in given.items() if v is not None})
+    config = PurifyConfig(tau=tau, top_k=top_k, batch_size=batch_size, do_sample=do_sample, **{k: v for k, v in given.items() if v is not None})
     vlm = None
     if model is not None or adapter is not None or trust_remote_code:
         from seed.adapters import load
