@@ -11,7 +11,6 @@ experts). Prints AUROC, and precision / recall of the flag h > 0.5.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -51,7 +50,6 @@ def main() -> None:
     images = {i: Image.open(world / "heldout" / "images" / coco.imgs[i]["file_name"]).convert("RGB") for i in ids}
     lexicon = ObjectLexicon.default()
 
-    start = time.time()
     rows = []  # (label, {signal: score})
     for k in range(0, len(ids), args.batch_size):
         chunk = ids[k : k + args.batch_size]

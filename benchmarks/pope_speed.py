@@ -44,12 +44,7 @@ def _sync(device: str) -> None:
 
 def random_llava_7b(device: str, dtype: str | None):
     """A random LLaVA-1.5-7B-sized VisionLanguageModel (see the module docstring)."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from seed.adapters.llava import LlavaVLM
     from seed.io import resolve_device

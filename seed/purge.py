@@ -16,6 +16,7 @@ from torch import Tensor
 
 from seed.errors import SeedError
 
+
 # --- §2 identify: raw signals -------------------------------------------------------------
 
 

@@ -31,34 +31,10 @@ from safetensors.torch import load_file
 
 from seed.adapters.base import NULL_IMAGES
 from seed.errors import SeedError
-from seed.identify import (
-    SIGNALS,
-    answer_token_ids,
-    combine,
-    consistency_scores,
-    find_mentions,
-    probe_question,
-    region_evidence,
-    shared_evidence_scores,
-    yes_margin,
-)
-from seed.io import (
-    atomic_write_bytes,
-    atomic_write_text,
-    iter_jsonl,
-    library_versions,
-    md5_strings,
-    write_json,
-)
+from seed.identify import SIGNALS, answer_token_ids, combine, consistency_scores, find_mentions, probe_question, region_evidence, shared_evidence_scores, yes_margin
+from seed.io import atomic_write_bytes, atomic_write_text, iter_jsonl, library_versions, md5_strings, write_json
 from seed.lexicon import ObjectLexicon
-from seed.purge import (
-    PurgeProcessor,
-    grounding_contrast,
-    hallucination_sites,
-    purge,
-    repair_tokens,
-    to_unit,
-)
+from seed.purge import PurgeProcessor, grounding_contrast, hallucination_sites, purge, repair_tokens, to_unit
 
 CAPTION_PROMPT = "Please describe this image in detail."
 
@@ -121,6 +97,21 @@ def banned_ids(categories, token_map: dict[int, str]) -> set[int]:
     return {t for t, c in token_map.items() if c in categories}
 
 
+def split_claims(scores: dict[str, float], tau: float) -> tuple[set[str], set[str]]:
+    """(flagged, affirmed): the categories with h > τ, and those with h < 1 − τ."""
+    return {c for c, h in scores.items() if h > tau}, {c for c, h in scores.items() if h < 1 - tau}
+
+
+def banned_answer(about: set[str], flagged: set[str], affirmed: set[str], yes: int, no: int) -> int | None:
+    """The answer token a yes/no question about ``about`` must not get: "Yes" if any of them is
+    flagged, "No" if all are affirmed, none otherwise (or when the prompt is not about objects)."""
+    if about & flagged:
+        return yes
+    if about and about <= affirmed:
+        return no
+    return None
+
+
 class PurifiedDecoding:
     """The decoding-time twin of ``seed purify`` (``seed eval ... --decoding purified``).
 
@@ -147,13 +138,11 @@ class PurifiedDecoding:
             self.scores.update(zip(todo, found.scores))
         banned = []
         for key, prompt in zip(keys, prompts):
-            h, tau = self.scores[key], self.config.tau
-            ids = banned_ids({c for c, v in h.items() if v > tau}, self.token_map)
-            about = {m.category for m in self.lexicon.find(prompt)} & set(h)
-            if about and any(h[c] > tau for c in about):
-                ids.add(self.yes)
-            elif about and all(h[c] < 1 - tau for c in about):
-                ids.add(self.no)
+            flagged, affirmed = split_claims(self.scores[key], self.config.tau)
+            ids = banned_ids(flagged, self.token_map)
+            about = {m.category for m in self.lexicon.find(prompt)} & set(self.scores[key])
+            if (answer := banned_answer(about, flagged, affirmed, self.yes, self.no)) is not None:
+                ids.add(answer)
             banned.append(ids)
         return PurgeProcessor(banned, self.token_map)
 
@@ -174,7 +163,7 @@ def category_scores(
     Self-probe, consistency and oracle score every category of the pool (so a repair cannot swap
     a flagged object for another doubtful one); shared evidence, the costly signal, scores the
     categories the image's items are about; contrast and uncertainty score the objects the
-    caption names, at the first token of each mention (the lowest-scoring mention counts).
+    caption names, at the first token of each mention (the most doubtful mention counts).
     """
     if "oracle" in config.identify and truth is None:
         raise SeedError("--identify oracle needs --annotations for the purification images")
@@ -275,8 +264,8 @@ def purify_images(
     n = len(images)
     found = identify_images(vlm, images, config, lexicon, token_map, truth)
     captions, margins, asked, scores = found.captions, found.margins, found.asked, found.scores
-    flagged = [sorted(c for c, h in s.items() if h > config.tau) for s in scores]
-    affirmed = [{c for c, h in s.items() if h < 1 - config.tau} for s in scores]
+    claims = [split_claims(s, config.tau) for s in scores]
+    flagged, affirmed = [f for f, _ in claims], [a for _, a in claims]
 
     # Purified decoding (method.md §4) for every caption with a flagged mention. Beam search lets
     # a repair drop the doubtful item ("a knife and a fork." → "a knife.") instead of forcing some
@@ -298,7 +287,7 @@ def purify_images(
         rows.append((i, CAPTION_PROMPT, repaired_captions[i], None))
         rows += [(i, probe_question(c), "Yes" if margins[i][c] > 0 else "No", c) for c in asked[i]]
     tensors = _targets(vlm, images, rows, flagged, affirmed, token_map, config)
-    results = [ImageResult(names[i], scores[i], flagged[i]) for i in range(n)]
+    results = [ImageResult(names[i], scores[i], sorted(flagged[i])) for i in range(n)]
     for k, (i, prompt, response, category) in enumerate(rows):
         fixed = vlm.tokenizer.decode(tensors["token_ids"][k][tensors["mask"][k]], skip_special_tokens=True).strip()
         original = captions[i] if category is None else response
@@ -324,12 +313,10 @@ def _targets(vlm, images, rows, flagged, affirmed, token_map, config) -> dict[st
         probs, top = logits.softmax(-1).topk(config.top_k, dim=-1)
         flags = torch.zeros_like(top, dtype=torch.bool)
         for b, (i, _, _, category) in enumerate(chunk):
-            bad = set(flagged[i])
-            flags[b] = torch.tensor([[token_map.get(t) in bad for t in pos] for pos in top[b].tolist()], dtype=torch.bool)
-            if category in bad:
-                flags[b] |= top[b] == yes_id
-            elif category in affirmed[i]:
-                flags[b] |= top[b] == no_id
+            flags[b] = torch.tensor([[token_map.get(t) in flagged[i] for t in pos] for pos in top[b].tolist()], dtype=torch.bool)
+            about = set() if category is None else {category}
+            if (answer := banned_answer(about, flagged[i], affirmed[i], yes_id, no_id)) is not None:
+                flags[b] |= top[b] == answer
         flags &= mask[..., None]
         parts.append(
             {

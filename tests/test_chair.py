@@ -7,12 +7,7 @@ from fractions import Fraction
 import pytest
 
 from seed.errors import SeedError
-from seed.evaluation.chair import (
-    evaluate_chair,
-    load_ground_truth,
-    read_captions,
-    score_captions,
-)
+from seed.evaluation.chair import evaluate_chair, load_ground_truth, read_captions, score_captions
 
 CATEGORIES = {1: "person", 3: "car", 10: "traffic light", 17: "cat", 18: "dog", 67: "dining table", 88: "teddy bear"}
 # image id → category ids of its instances (image 4 has none)

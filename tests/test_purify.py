@@ -7,12 +7,7 @@ import torch
 from PIL import Image
 
 from seed.errors import SeedError
-from seed.identify import (
-    combine,
-    consistency_scores,
-    find_mentions,
-    shared_evidence_scores,
-)
+from seed.identify import combine, consistency_scores, find_mentions, shared_evidence_scores
 from seed.lexicon import ObjectLexicon
 from seed.purify import PurifyConfig, load_shards, object_token_map, purify
 
@@ -118,7 +113,7 @@ def test_answers_are_purged_on_both_sides(tiny_llava_dir):
     image = Image.new("RGB", (32, 32), (120, 30, 30))
     rows = [(0, probe_question("cup"), "Yes", "cup"), (0, probe_question("dog"), "No", "dog"), (0, probe_question("car"), "No", "car")]
     config = PurifyConfig(top_k=len(vlm.tokenizer))
-    out = P._targets(vlm, [image], rows, [["cup"]], [{"dog"}], {}, config)
+    out = P._targets(vlm, [image], rows, [{"cup"}], [{"dog"}], {}, config)
     yes, no = answer_token_ids(vlm)
     sites = out["sites"]
     assert sites.sum(-1).tolist() == [1, 1, 0]  # "car" is neither flagged nor affirmed: left alone

@@ -73,11 +73,7 @@ class InternVLVLM(VisionLanguageModel):
 
     @classmethod
     def from_pretrained(cls, path: str, *, device: str, dtype: torch.dtype, quantization_config=None) -> InternVLVLM:
-        from transformers import (
-            AutoImageProcessor,
-            AutoTokenizer,
-            InternVLForConditionalGeneration,
-        )
+        from transformers import AutoImageProcessor, AutoTokenizer, InternVLForConditionalGeneration
 
         if quantization_config is None:
             model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)

@@ -28,14 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from seed.errors import SeedError
-from seed.io import (
-    library_versions,
-    load_coco,
-    md5_file,
-    read_json,
-    read_records,
-    write_json,
-)
+from seed.io import library_versions, load_coco, md5_file, read_json, read_records, write_json
 from seed.lexicon import ObjectLexicon
 
 METRIC_KEYS = ("chair_i", "chair_s", "recall", "mean_length", "n", "n_mentions", "n_hallucinated")

@@ -20,14 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from seed.errors import SeedError
-from seed.io import (
-    library_versions,
-    load_coco,
-    md5_file,
-    read_records,
-    write_json,
-    write_jsonl,
-)
+from seed.io import library_versions, load_coco, md5_file, read_records, write_json, write_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
 PARSERS = ("official", "strict")

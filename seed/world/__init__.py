@@ -29,14 +29,7 @@ from seed.errors import SeedError
 from seed.io import library_versions, load_coco, write_json
 from seed.world import scenes as S
 from seed.world.model import TinyLlavaConfig, build_model, build_processor
-from seed.world.train import (
-    TrainConfig,
-    align_projector,
-    pretrain_text,
-    pretrain_vision,
-    tokenize_sequences,
-    train_language,
-)
+from seed.world.train import TrainConfig, align_projector, pretrain_text, pretrain_vision, tokenize_sequences, train_language
 from seed.world.vocab import CLASS_NAMES
 
 SPLITS = ("train", "purify", "heldout")
