@@ -361,7 +361,8 @@ def evolve_command(
     chair_images: int = typer.Option(500, "--chair-images", help="Images captioned for CHAIR."),
     patience: int = typer.Option(1, "--patience", help="Stop after this many rounds without a better adversarial F1."),
     lr: float = typer.Option(2e-4, "--lr", help="Learning rate of the adapter."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over each round's purified responses."),
+    epochs: int = typer.Option(2, "--epochs", help="Passes over each round's purified responses."),
+    captions: str = typer.Option("repaired", "--captions", help="Captions the adapter trains on: all, repaired (the ones purification changed) or none; answers always."),
     batch_size: int = typer.Option(8, "--batch-size", help="Responses per forward pass (per process)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
     rank: int = typer.Option(16, "--rank", help="LoRA rank of the HEA."),
@@ -383,7 +384,7 @@ def evolve_command(
     config = EvolveConfig(
         rounds=rounds, loss=loss, patience=patience,
         identify=_signals(identify),
-        distill=DistillConfig(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, rank=rank, alpha=alpha, site_weight=site_weight, beta=beta),
+        distill=DistillConfig(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, rank=rank, alpha=alpha, site_weight=site_weight, beta=beta, captions=captions),
         images=str(images) if images else None, annotations=str(annotations) if annotations else None,
         eval_images=str(eval_images) if eval_images else None, eval_annotations=str(eval_annotations) if eval_annotations else None,
         pope_images=pope_images, chair_images=chair_images,

@@ -31,6 +31,7 @@ from seed.losses import DEFAULT_EPS, LOSSES, PurifiedTargets, get_loss, site_wei
 # Stored per-item tensors the trainer reads (``flags`` is not needed: p̃ already has the purge).
 TARGET_KEYS = ("token_ids", "topk_ids", "topk_probs", "sites", "mask")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+CAPTIONS = ("all", "repaired", "none")  # which stored captions the student trains on (answers: all)
 
 ImageSource = str | Path | Callable[[Mapping], Image.Image] | None
 
@@ -42,6 +43,9 @@ class DistillConfig:
     ``loss``: ``reverse-kl`` (SEED, mode-seeking), ``forward-kl``, ``jsd`` (generalized JSD with
     ``beta``) or ``sft`` (cross-entropy on the repaired tokens). ``eps``: floor of p̃ in the
     reverse KL. ``site_weight``: loss weight of hallucination sites (1 = unweighted).
+    ``captions``: train on every stored caption, only the ``repaired`` ones (default: an unchanged
+    caption teaches nothing purified, and on the embedded world it costs the answers
+    discrimination), or ``none``; answers are always trained on.
     ``max_steps`` (optimizer steps) overrides ``epochs`` when set. ``mixed_precision`` ``auto``
     is bf16 on GPUs that support it, off elsewhere.
     """
@@ -50,6 +54,7 @@ class DistillConfig:
     beta: float = 0.5
     eps: float = DEFAULT_EPS
     site_weight: float = 1.0
+    captions: str = "repaired"
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.0
@@ -57,7 +62,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    epochs: int = 1
+    epochs: int = 2
     max_steps: int | None = None
     batch_size: int = 8
     grad_accum: int = 1
@@ -68,6 +73,8 @@ class DistillConfig:
 
     def __post_init__(self):
         get_loss(self.loss)
+        if self.captions not in CAPTIONS:
+            raise SeedError(f"captions must be one of {', '.join(CAPTIONS)}, not {self.captions!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise SeedError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, not {self.mixed_precision!r}")
         if min(self.batch_size, self.grad_accum, self.epochs, self.rank) < 1 or (self.max_steps is not None and self.max_steps < 1):
@@ -76,10 +83,18 @@ class DistillConfig:
             raise SeedError(f"learning rate must be > 0, not {self.lr}")
 
 
-class PurifiedDataset(Dataset):
-    """One row per stored response: its image, prompt, repaired text and target tensors."""
+def _trains_on(record: Mapping, captions: str) -> bool:
+    """Whether a stored response is trained on: every answer; captions per ``captions``."""
+    if "category" in record or captions == "all":
+        return True
+    return captions == "repaired" and record["response"] != record["repaired"]
 
-    def __init__(self, records: Sequence[Mapping], tensors: Mapping[str, Tensor], images: ImageSource = None):
+
+class PurifiedDataset(Dataset):
+    """One row per stored response: its image, prompt, repaired text and target tensors
+    (``captions``: ``all``, only the ``repaired`` ones, or ``none``)."""
+
+    def __init__(self, records: Sequence[Mapping], tensors: Mapping[str, Tensor], images: ImageSource = None, captions: str = "all"):
         missing = [k for k in ("item", *TARGET_KEYS) if k not in tensors]
         if missing:
             raise SeedError(f"purified shards lack tensor(s) {', '.join(missing)}")
@@ -88,8 +103,11 @@ class PurifiedDataset(Dataset):
         absent = [i for i in self.items if i not in by_item]
         if absent:
             raise SeedError(f"purified shards hold item(s) {absent[:5]} that purified.jsonl does not list")
+        keep = [k for k, i in enumerate(self.items) if _trains_on(by_item[i], captions)]
+        self.items = [self.items[k] for k in keep]
         self.records = [by_item[i] for i in self.items]
-        self.tensors = {k: tensors[k] for k in TARGET_KEYS}
+        rows = torch.tensor(keep, dtype=torch.long)
+        self.tensors = {k: tensors[k][rows] for k in TARGET_KEYS}
         self.images = images
 
     def __len__(self) -> int:
@@ -171,7 +189,7 @@ def distill(
     set_seed(config.seed)
     loss_fn = get_loss(config.loss)
 
-    dataset = PurifiedDataset(records, tensors, images)
+    dataset = PurifiedDataset(records, tensors, images, config.captions)
     if len(dataset) == 0:
         raise SeedError("nothing to distil: the purified shards hold no responses")
     loader = DataLoader(

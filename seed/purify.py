@@ -51,7 +51,7 @@ class PurifyConfig:
     repair_beams: int = 4  # purified decoding of captions searches this many beams
     null_image: str = "none"  # the contrast signal's null image
     top_k: int = 8
-    questions_per_image: int = 6
+    questions_per_image: int = 8  # at most: half affirmed objects, as many flagged ones
     max_new_tokens: int = 48
     do_sample: bool = False
     batch_size: int = 16
@@ -226,7 +226,7 @@ class Identification:
 
     captions: list[str]  # greedy
     margins: list[dict[str, float]]  # self-probe yes-margin per pool category
-    asked: list[list[str]]  # the categories the purification questions are about
+    asked: list[list[str]]  # the categories the purification questions are about (balanced yes/no)
     scores: list[dict[str, float]]  # h(c)
 
 
@@ -240,14 +240,29 @@ def identify_images(
     captions = vlm.generate(images, [CAPTION_PROMPT] * n, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample)
     flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], config.batch_size * 4)
     margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
-    # Questions: every category the caption names, then the ones the model most wants to affirm.
+    # The costly evidence signal scores what the caption names and what the model most wants to affirm.
     mentioned = [sorted({m.category for m in lexicon.find(c)} & set(pool)) for c in captions]
-    asked = []
+    candidates = []
     for i in range(n):
         rest = sorted((c for c in pool if c not in mentioned[i]), key=lambda c: -margins[i][c])
-        asked.append((mentioned[i] + rest)[: max(config.questions_per_image, len(mentioned[i]))])
-    scores = category_scores(vlm, images, captions, asked, margins, config, lexicon, truth)
+        candidates.append((mentioned[i] + rest)[: max(config.questions_per_image, len(mentioned[i]))])
+    scores = category_scores(vlm, images, captions, candidates, margins, config, lexicon, truth)
+    asked = [balanced_questions(scores[i], margins[i], config.tau, config.questions_per_image) for i in range(n)]
     return Identification(captions, margins, asked, scores)
+
+
+def balanced_questions(scores: dict[str, float], margins: dict[str, float], tau: float, limit: int) -> list[str]:
+    """The categories to ask about: as many the signals affirm as they flag, POPE-style.
+
+    Affirmed ones (h < 1 − τ) least-confident first, and as many flagged ones (h > τ, at least
+    one), the ones the model most wants to affirm first: the hard negatives. A question set with
+    far more "no" than "yes" targets would teach the student to answer "no" (measured: 21 % yes
+    targets in, 38 % yes-ratio out, recall down by 15 points).
+    """
+    flagged, affirmed = split_claims(scores, tau)
+    yes = sorted(affirmed, key=lambda c: margins.get(c, 0.0))[: limit // 2]
+    no = sorted(flagged, key=lambda c: -margins.get(c, 0.0))[: max(len(yes), 1)]
+    return yes + no
 
 
 @torch.no_grad()

@@ -54,6 +54,8 @@ def write_fake_shards(vlm, images, out: Path, extra_positions: int = 2) -> Path:
     with (out / "purified.jsonl").open("w") as f:
         for i in range(n):
             record = {"item": i, "image": names[i], "prompt": PROMPTS[i], "response": RESPONSES[i], "repaired": RESPONSES[i], "flagged": []}
+            if "is there" in PROMPTS[i]:
+                record["category"] = PROMPTS[i].split()[3]
             f.write(json.dumps(record) + "\n")
     return out
 
@@ -72,7 +74,7 @@ def test_distill_lowers_the_loss_and_trains_only_lora(tiny_llava_dir, shards):
     vlm = load(str(tiny_llava_dir), device="cpu")
     before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
     records, tensors = read_fake_shards(shards)
-    config = DistillConfig(loss="reverse-kl", rank=4, alpha=8, lr=1e-2, batch_size=2, grad_accum=2, max_steps=25)
+    config = DistillConfig(loss="reverse-kl", rank=4, alpha=8, lr=1e-2, batch_size=2, grad_accum=2, max_steps=25, captions="all")
     stats = distill(vlm, records, tensors, shards, config)
     assert stats["steps"] == 25 and stats["examples"] == 4 and stats["mixed_precision"] == "no"
     # A random tiny model's frozen LM head bounds how peaked its logits can get, so the floor is
@@ -94,6 +96,19 @@ def test_every_loss_trains(tiny_llava_dir, shards, loss):
     config = DistillConfig(loss=loss, rank=2, alpha=4, batch_size=4, max_steps=2, site_weight=3.0)
     stats = distill(vlm, records, tensors, shards, config)
     assert stats["steps"] == 2 and all(torch.isfinite(torch.tensor(stats["losses"])))
+
+
+def test_captions_trained_on_are_chosen_answers_always(shards):
+    from seed.distill import PurifiedDataset
+
+    records, tensors = read_fake_shards(shards)
+    records[0] = {**records[0], "repaired": "a cup ."}  # purification changed this caption
+    kept = {c: [row["item"] for row in PurifiedDataset(records, tensors, shards, c)] for c in ("all", "repaired", "none")}
+    assert kept == {"all": [0, 1, 2, 3], "repaired": [0, 1, 3], "none": [1, 3]}
+    row = PurifiedDataset(records, tensors, shards, "none")[1]
+    assert row["prompt"] == PROMPTS[3] and torch.equal(row["token_ids"], tensors["token_ids"][3])
+    with pytest.raises(SeedError, match="captions must be one of"):
+        DistillConfig(captions="some")
 
 
 def test_a_different_tokenisation_is_refused(tiny_llava_dir, shards):

@@ -74,7 +74,7 @@ def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkey
 
     records_a, tensors_a = load_shards(full)
     records_b, tensors_b = load_shards(resumed)
-    assert records_a == records_b and len(records_a) == 5 * 3
+    assert records_a == records_b and sum("category" not in r for r in records_a) == 5  # one caption per readable image
     assert tensors_a.keys() == tensors_b.keys()
     for key in tensors_a:
         assert torch.equal(tensors_a[key], tensors_b[key]), key
@@ -94,6 +94,17 @@ def test_consistency_is_the_smoothed_share_of_samples_without_the_object():
     samples = [{"dog"}, {"dog", "cup"}, set()]
     h = consistency_scores(samples, 3, ["dog", "cup", "car"])
     assert h == pytest.approx({"dog": 1.5 / 4, "cup": 2.5 / 4, "car": 3.5 / 4})
+
+
+def test_questions_balance_affirmed_and_flagged_objects():
+    from seed.purify import balanced_questions
+
+    scores = {"dog": 0.1, "cup": 0.2, "car": 0.9, "kite": 0.8, "vase": 0.7, "bench": 0.5}
+    margins = {"dog": 5.0, "cup": 1.0, "car": -4.0, "kite": 2.0, "vase": -1.0, "bench": 0.0}
+    # two affirmed, the less sure first; as many flagged, the one the model most wants to affirm first
+    assert balanced_questions(scores, margins, 0.5, 8) == ["cup", "dog", "kite", "vase"]
+    assert balanced_questions(scores, margins, 0.5, 2) == ["cup", "kite"]  # at most half of the limit each
+    assert balanced_questions({"car": 0.9, "kite": 0.8}, margins, 0.5, 8) == ["kite"]  # nothing affirmed: one "no" still
 
 
 def test_combine_adds_log_odds():
