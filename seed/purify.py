@@ -314,10 +314,6 @@ def purify_images(
 def _targets(vlm, images, rows, flagged, affirmed, token_map, config) -> dict[str, torch.Tensor]:
     """Teacher top-K over the responses, with H_t purged (method.md §3–4).
 
-    In a caption H_t holds the flagged objects and every object already named: once the
-    hallucinated items are purged, a mode-seeking student would otherwise learn the mode that
-    remains, naming the same object again ("a fork, a fork and a fork").
-
     Answers are claims too: "Yes" to a question about a flagged object is hallucinated, and so
     is "No" about an object the signals affirm (h < 1 − τ), so a yes/no target keeps only the
     answer the identification supports and cannot teach "no" across the board.
@@ -332,13 +328,7 @@ def _targets(vlm, images, rows, flagged, affirmed, token_map, config) -> dict[st
         probs, top = logits.softmax(-1).topk(config.top_k, dim=-1)
         flags = torch.zeros_like(top, dtype=torch.bool)
         for b, (i, _, _, category) in enumerate(chunk):
-            named: set[str] = set()  # no object twice, as in purified decoding: its mode would be a repeat
-            rows_flags = []
-            for pos, token in zip(top[b].tolist(), ids[b].tolist()):
-                rows_flags.append([token_map.get(t) in flagged[i] or token_map.get(t) in named for t in pos])
-                if category is None and token in token_map:
-                    named.add(token_map[token])
-            flags[b] = torch.tensor(rows_flags, dtype=torch.bool)
+            flags[b] = torch.tensor([[token_map.get(t) in flagged[i] for t in pos] for pos in top[b].tolist()], dtype=torch.bool)
             about = set() if category is None else {category}
             if (answer := banned_answer(about, flagged[i], affirmed[i], yes_id, no_id)) is not None:
                 flags[b] |= top[b] == answer

@@ -132,23 +132,6 @@ def test_answers_are_purged_on_both_sides(tiny_llava_dir):
     assert set(out["topk_ids"][out["flags"]].tolist()) == {yes, no}
 
 
-def test_a_caption_target_names_no_object_twice(tiny_llava_dir):
-    """An object already named is purged from later caption positions, like a flagged one."""
-    import seed.purify as P
-    from seed.adapters import load
-
-    vlm = load(str(tiny_llava_dir), device="cpu")
-    token_map = object_token_map(vlm.tokenizer, ObjectLexicon.default())
-    dog, cup = (vlm.tokenizer.convert_tokens_to_ids(w) for w in ("dog", "cup"))
-    rows = [(0, P.CAPTION_PROMPT, "a dog and a dog .", None), (0, P.CAPTION_PROMPT, "a cup .", None)]
-    out = P._targets(vlm, [Image.new("RGB", (32, 32))], rows, [{"cup"}], [set()], token_map, PurifyConfig(top_k=len(vlm.tokenizer)))
-    ids, sites, flags, top = out["token_ids"], out["sites"], out["flags"], out["topk_ids"]
-    first, second = (t for t in range(ids.shape[1]) if out["mask"][0, t] and (ids[0, t] == dog or sites[0, t]))
-    assert not sites[0, first] and sites[0, second] and ids[0, second] != dog  # the repeat is a site, repaired
-    assert not flags[0, first][top[0, first] == dog].any() and flags[0, second][top[0, second] == dog].all()
-    assert flags[1][top[1] == cup].sum() == out["mask"][1].sum()  # the flagged object everywhere
-
-
 def test_every_signal_is_selectable(tiny_llava_dir, tmp_path):
     signals = ("self-probe", "consistency", "evidence", "contrast", "uncertainty")
     config = PurifyConfig(identify=signals, samples=2, questions_per_image=2, max_new_tokens=6, categories=("dog", "cup"))
