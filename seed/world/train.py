@@ -49,6 +49,16 @@ def _optimizer(params, lr: float, total: int, warmup: int):
     return opt, sched
 
 
+def _step(loss: torch.Tensor, opt, sched, clip: list | None = None) -> None:
+    """One optimizer step on ``loss`` (gradient norm of ``clip`` capped at 1 when given)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
+
+
 def pretrain_vision(
     model: LlavaForConditionalGeneration,
     pixel_values: torch.Tensor,
@@ -73,10 +83,7 @@ def pretrain_vision(
         loss = F.binary_cross_entropy_with_logits(logits[:, 1:], patch_labels[idx]) + F.binary_cross_entropy_with_logits(
             logits[:, 0], image_labels[idx]
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        _step(loss, opt, sched)
         progress(1)
     tower.eval()
     head.requires_grad_(False)
@@ -170,11 +177,7 @@ def pretrain_text(
         ids, mask, labels = collate(seqs, rows, pad_id)
         logits = head(lm(input_ids=ids, attention_mask=mask).last_hidden_state)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _step(loss, opt, sched, params)
         progress(1)
     model.eval()
     return loss.item()
@@ -200,11 +203,7 @@ def train_language(
         ids, mask, labels = collate(seqs, rows, pad_id)
         images = pixel_values[[seqs.image_index[r] for r in rows]]
         loss = model(input_ids=ids, attention_mask=mask, pixel_values=images, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _step(loss, opt, sched, params)
         progress(1)
     model.eval()
     return loss.item()
