@@ -42,11 +42,14 @@ def main() -> None:
         pope_images=args.pope_images, chair_images=args.chair_images,
     )  # fmt: skip
     data = resolve_datasets(spec, evolve_config)
-    train = DistillConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, rank=args.rank, alpha=args.rank * 2, seed=args.seed)
+    train = DistillConfig(
+        lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, rank=args.rank, alpha=args.rank * 2,
+        captions=args.captions, site_weight=args.site_weight, seed=args.seed,
+    )  # fmt: skip
     options = {"batch_size": args.eval_batch_size, "pope_images": args.pope_images, "chair_images": args.chair_images}
 
     start = time.time()
-    purify_config = PurifyConfig() if args.identify is None else PurifyConfig(identify=tuple(args.identify.split(",")))
+    purify_config = PurifyConfig(tau=args.tau, **({} if args.identify is None else {"identify": tuple(args.identify.split(","))}))
     if args.purified:
         # Shards written earlier by the base model (e.g. round 1 of `seed evolve`): reuse them.
         purified = Path(args.purified)
@@ -79,11 +82,12 @@ def main() -> None:
         console.print(f"{label}: adversarial F1 {100 * rows[name]['eval']['pope']['adversarial']['f1']:.2f}", highlight=False)
 
     row("base", "base", lambda d: {"eval": evaluate(spec.load(), data, d, **options)})
-    row(
-        "vcd",
-        "VCD (base)",
-        lambda d: {"eval": evaluate(spec.load(), data, d, decoding=Decoding("vcd", args.vcd_alpha, args.vcd_beta), **options)},
-    )
+    if not args.no_vcd:
+        row(
+            "vcd",
+            "VCD (base)",
+            lambda d: {"eval": evaluate(spec.load(), data, d, decoding=Decoding("vcd", args.vcd_alpha, args.vcd_beta), **options)},
+        )
 
     def distilled(loss: str):
         def run(folder: Path) -> dict:
@@ -125,15 +129,19 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--pope-images", type=int, default=500, help="with --eval-annotations: images per POPE split")
     p.add_argument("--chair-images", type=int, default=500)
     p.add_argument("--identify", default=None, help="purify's signals, comma-separated (default: purify's)")
+    p.add_argument("--tau", type=float, default=PurifyConfig.tau, help="purify's flag threshold on h")
     p.add_argument("--purified", default=None, help="reuse shards the base model wrote (e.g. an evolve run's round-1/purified)")
     p.add_argument("--losses", default="sft,forward-kl,reverse-kl")
     p.add_argument("--lr", type=float, default=DistillConfig.lr)
     p.add_argument("--epochs", type=int, default=DistillConfig.epochs)
     p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
     p.add_argument("--rank", type=int, default=DistillConfig.rank)
+    p.add_argument("--site-weight", type=float, default=DistillConfig.site_weight, help="loss weight of hallucination sites")
+    p.add_argument("--captions", default=DistillConfig.captions, help="captions the student trains on: all, repaired or none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vcd-alpha", type=float, default=1.0)
     p.add_argument("--vcd-beta", type=float, default=0.1)
+    p.add_argument("--no-vcd", action="store_true", help="skip the VCD row")
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None)

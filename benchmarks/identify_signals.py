@@ -2,8 +2,10 @@
 
 Captions are generated greedily on held-out world images; every object mention is labelled by
 the image's annotations (hallucinated = category absent) and scored by each signal as purify
-scores it (h ∈ [0, 1]), and by the default combination (self-probe × consistency, a product of
-experts). Prints AUROC, and precision / recall of the flag h > 0.5.
+scores it (h ∈ [0, 1]), and by the default combination (self-probe × lens, a product of experts;
+the earlier default self-probe × consistency beside it). Then the same for every "Yes" the model
+gives to "Is there a …?" over all categories: the answers POPE counts. Prints AUROC, and
+precision / recall of the flag h > 0.5.
 
     python benchmarks/identify_signals.py [--world DIR] [--num-images 200]
 """
@@ -16,10 +18,11 @@ from pathlib import Path
 from PIL import Image
 
 from seed.adapters import load
-from seed.identify import combine, consistency_scores, find_mentions, region_evidence, shared_evidence_scores
+from seed.identify import combine, consistency_scores, find_mentions, lens_scores, region_evidence, shared_evidence_scores
 from seed.purge import to_unit
 from seed.io import load_coco
 from seed.lexicon import ObjectLexicon
+from seed.purify import object_token_map
 from seed.world import ensure_world
 from seed.world.scenes import CAPTION_PROMPT
 
@@ -49,8 +52,15 @@ def main() -> None:
     truth = {i: {names[a["category_id"]] for a in coco.imgToAnns[i]} for i in ids}
     images = {i: Image.open(world / "heldout" / "images" / coco.imgs[i]["file_name"]).convert("RGB") for i in ids}
     lexicon = ObjectLexicon.default()
+    categories = [c["name"] for c in coco.dataset["categories"]]
+    token_map = object_token_map(vlm.tokenizer, lexicon)
+    words = {c: [t for t, name in token_map.items() if name == c] for c in categories}
 
-    rows = []  # (label, {signal: score})
+    def default(h: dict[str, float]) -> None:
+        h["default (self-probe × lens)"] = combine([{0: h["self-probe"]}, {0: h["lens"]}])[0]
+        h["self-probe × consistency"] = combine([{0: h["self-probe"]}, {0: h["consistency"]}])[0]
+
+    rows, answers = [], []  # (label, {signal: score}) for caption mentions and for "Yes" answers
     for k in range(0, len(ids), args.batch_size):
         chunk = ids[k : k + args.batch_size]
         imgs = [images[i] for i in chunk]
@@ -60,6 +70,7 @@ def main() -> None:
         for _ in range(args.samples):
             for b, text in enumerate(vlm.generate(imgs, prompts, max_new_tokens=48, do_sample=True)):
                 sampled[b].append({m.category for m in lexicon.find(text)})
+        lens = lens_scores(vlm, imgs, words)
         logits, resp, mask = vlm.response_logits(imgs, prompts, captions)
         logp = logits.log_softmax(-1).gather(-1, resp[..., None])[..., 0]
         null = {
@@ -69,35 +80,29 @@ def main() -> None:
             for kind in ("grey", "none", "noise")
         }
         for b, i in enumerate(chunk):
-            mentions = find_mentions(vlm.tokenizer, resp[b][mask[b]].tolist(), lexicon)
-            cats = sorted({m.category for m in mentions})
-            if not cats:
-                continue
-            margin, evidence = region_evidence(vlm, images[i], cats)
+            consistency = consistency_scores(sampled[b], args.samples, categories)
+            margin, evidence = region_evidence(vlm, images[i], categories)
             shared = shared_evidence_scores(margin, evidence)
-            consistency = consistency_scores(sampled[b], args.samples, cats)
+            for c, name in enumerate(categories):
+                if margin[c] > 0:
+                    h = {"self-probe": to_unit(-margin[c]).item(), "consistency": consistency[name]}
+                    h.update({"lens": lens[b][name], "evidence": shared[c].item()})
+                    default(h)
+                    answers.append((int(name not in truth[i]), h))
+            mentions = find_mentions(vlm.tokenizer, resp[b][mask[b]].tolist(), lexicon)
             for m in mentions:
-                c = cats.index(m.category)
+                c = categories.index(m.category)
                 t = m.token
                 h = {f"contrast-{kind}": to_unit(null[kind][b, t] - logp[b, t]).item() for kind in ("grey", "none", "noise")}
                 h["uncertainty"] = 1 - logp[b, t].exp().item()
                 h["self-probe"] = to_unit(-margin[c]).item()
                 h["consistency"] = consistency[m.category]
                 h["evidence"] = shared[c].item()
-                h["default (self-probe × consistency)"] = combine([{0: h["self-probe"]}, {0: h["consistency"]}])[0]
+                h["lens"] = lens[b][m.category]
+                default(h)
                 rows.append((int(m.category not in truth[i]), h))
     report("caption mentions", rows)
-
-    # "Yes" answers: every category the model says is there, hallucinated when it is not.
-    rows = []
-    categories = [c["name"] for c in coco.dataset["categories"]]
-    for i in ids[: args.num_images // 2]:
-        margin, evidence = region_evidence(vlm, images[i], categories)
-        shared = shared_evidence_scores(margin, evidence)
-        for c, name in enumerate(categories):
-            if margin[c] > 0:
-                rows.append((int(name not in truth[i]), {"self-probe": to_unit(-margin[c]).item(), "evidence": shared[c].item()}))
-    report("yes answers", rows)
+    report('"Yes" answers to "Is there a …?" (every category)', answers)
 
 
 def report(what: str, rows: list[tuple[int, dict[str, float]]]) -> None:

@@ -292,7 +292,7 @@ def eval_chair(
 
 
 # ---- purify
-_IDENTIFY_HELP = "Signals that flag hallucinated objects, comma-separated: self-probe, consistency, evidence, contrast, uncertainty, oracle (default: self-probe,consistency)."
+_IDENTIFY_HELP = "Signals that flag hallucinated objects, comma-separated: self-probe, consistency, lens, evidence, contrast, uncertainty, oracle (default: self-probe,lens)."
 
 
 def _signals(identify: str | None) -> tuple[str, ...] | None:
@@ -362,12 +362,12 @@ def evolve_command(
     patience: int = typer.Option(1, "--patience", help="Stop after this many rounds without a better adversarial F1."),
     lr: float = typer.Option(2e-4, "--lr", help="Learning rate of the adapter."),
     epochs: int = typer.Option(2, "--epochs", help="Passes over each round's purified responses."),
-    captions: str = typer.Option("repaired", "--captions", help="Captions the adapter trains on: all, repaired (the ones purification changed) or none; answers always."),
+    captions: str = typer.Option("all", "--captions", help="Captions the adapter trains on: all (default), repaired (the ones purification changed) or none; answers always."),
     batch_size: int = typer.Option(8, "--batch-size", help="Responses per forward pass (per process)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
     rank: int = typer.Option(16, "--rank", help="LoRA rank of the HEA."),
     alpha: int = typer.Option(32, "--alpha", help="LoRA alpha of the HEA."),
-    site_weight: float = typer.Option(1.0, "--site-weight", help="Loss weight of hallucination sites (1 = unweighted)."),
+    site_weight: float = typer.Option(4.0, "--site-weight", help="Loss weight of hallucination sites, the tokens purification changed (1 = unweighted)."),
     beta: float = typer.Option(0.5, "--beta", help="With --loss jsd: 0 → forward KL, 1 → reverse KL."),
     device: str = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,

@@ -42,10 +42,14 @@ class DistillConfig:
 
     ``loss``: ``reverse-kl`` (SEED, mode-seeking), ``forward-kl``, ``jsd`` (generalized JSD with
     ``beta``) or ``sft`` (cross-entropy on the repaired tokens). ``eps``: floor of p̃ in the
-    reverse KL. ``site_weight``: loss weight of hallucination sites (1 = unweighted).
-    ``captions``: train on every stored caption, only the ``repaired`` ones (default: an unchanged
-    caption teaches nothing purified, and on the embedded world it costs the answers
-    discrimination), or ``none``; answers are always trained on.
+    reverse KL. ``site_weight``: loss weight of hallucination sites, the tokens purification
+    changed (default 4: reverse KL's gradient at a site scales with the student's own mass on the
+    repair, small exactly where the base model was wrong; measured on the embedded world, weight 4
+    took held-out POPE-adversarial F1 from 85.6 to 87.1 on the same shards).
+    ``captions``: train on every stored caption (default), only the ``repaired`` ones, or
+    ``none``; answers are always trained on. Repaired captions alone are the ones that dropped an
+    object, and a student trained on them alone names fewer objects (object recall 88 % of the
+    base's against 92 % with every caption).
     ``max_steps`` (optimizer steps) overrides ``epochs`` when set. ``mixed_precision`` ``auto``
     is bf16 on GPUs that support it, off elsewhere.
     """
@@ -53,8 +57,8 @@ class DistillConfig:
     loss: str = "reverse-kl"
     beta: float = 0.5
     eps: float = DEFAULT_EPS
-    site_weight: float = 1.0
-    captions: str = "repaired"
+    site_weight: float = 4.0
+    captions: str = "all"
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.0

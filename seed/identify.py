@@ -15,6 +15,10 @@ Signals (``--identify``):
   self-probe, and read where each object's "yes" comes from. A co-occurrence hallucination
   ("fork" next to a visible knife) draws its evidence from the region of *another* object the
   model sees; a real object has evidence of its own;
+- ``lens``: what the image tokens themselves show. Each projected image token is read as a word
+  (cosine softmax over the input embedding matrix, temperature T); h = 1 − max over tokens of
+  the object word's probability. It never passes through the language model, so the
+  co-occurrence prior the LM learned from its text cannot vote;
 - ``oracle``: the category is absent from the image's annotations (ablation only).
 """
 
@@ -27,7 +31,7 @@ from PIL import Image
 
 from seed.lexicon import ObjectLexicon
 
-SIGNALS = ("self-probe", "consistency", "evidence", "contrast", "uncertainty", "oracle")
+SIGNALS = ("self-probe", "consistency", "lens", "evidence", "contrast", "uncertainty", "oracle")
 PROBE_SUFFIX = "\nAnswer the question using a single word or phrase."
 
 
@@ -81,6 +85,18 @@ def yes_margin(vlm, images: list[Image.Image], categories: list[str], batch_size
 def consistency_scores(mentions: list[set[str]], samples: int, categories: list[str]) -> dict[str, float]:
     """h(c) = (S − k + ½)/(S + 1) for a category named in k of S sampled responses (Jeffreys prior)."""
     return {c: (samples - sum(c in m for m in mentions) + 0.5) / (samples + 1) for c in categories}
+
+
+@torch.no_grad()
+def lens_scores(vlm, images: list[Image.Image], words: dict[str, list[int]], temperature: float = 0.1) -> list[dict[str, float]]:
+    """h(c) = 1 − max_p P(c | image token p), each image token read as a word by cosine softmax
+    over the word embeddings; ``words`` maps a category to the token ids that spell it whole."""
+    table = torch.nn.functional.normalize(vlm.word_embeddings().float(), dim=-1)
+    out = []
+    for states in vlm.image_states(images):
+        probs = (torch.nn.functional.normalize(states.to(table.device), dim=-1) @ table.T / temperature).softmax(-1)
+        out.append({c: 1.0 - probs[:, ids].sum(-1).max().item() for c, ids in words.items()})
+    return out
 
 
 def combine(signals: list[dict[str, float]], clip: float = 1e-4) -> dict[str, float]:

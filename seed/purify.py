@@ -1,8 +1,8 @@
 """``seed purify``: generate → identify → isolate → purge → store (method.md §1–4).
 
 Per image the teacher (base model, or base + HEA) writes a caption and answers yes/no
-questions. Identification scores the object categories (default: the self-probe and the
-consistency of sampled captions, combined as a product of experts); those scoring above τ are
+questions. Identification scores the object categories (default: the self-probe and the lens
+over the image tokens, combined as a product of experts); those scoring above τ are
 flagged. Their tokens, a "Yes" to a question about one, and a "No" to a question about an
 object the signals affirm (h < 1 − τ) form H_t at every position; the teacher's top-K
 distributions over its own responses, with H_t purged, are the stored targets.
@@ -31,7 +31,18 @@ from safetensors.torch import load_file
 
 from seed.adapters.base import NULL_IMAGES
 from seed.errors import SeedError
-from seed.identify import SIGNALS, answer_token_ids, combine, consistency_scores, find_mentions, probe_question, region_evidence, shared_evidence_scores, yes_margin
+from seed.identify import (
+    SIGNALS,
+    answer_token_ids,
+    combine,
+    consistency_scores,
+    find_mentions,
+    lens_scores,
+    probe_question,
+    region_evidence,
+    shared_evidence_scores,
+    yes_margin,
+)
 from seed.io import atomic_write_bytes, atomic_write_text, iter_jsonl, library_versions, md5_strings, write_json
 from seed.lexicon import ObjectLexicon
 from seed.purge import PurgeProcessor, grounding_contrast, hallucination_sites, purge, repair_tokens, to_unit
@@ -43,11 +54,12 @@ CAPTION_PROMPT = "Please describe this image in detail."
 class PurifyConfig:
     """Options of one purification run (defaults: the measured best label-free setting)."""
 
-    identify: tuple[str, ...] = ("self-probe", "consistency")
+    identify: tuple[str, ...] = ("self-probe", "lens")
     tau: float = 0.5
     probe_offset: float = 0.0  # a "yes" margin below this counts against the object
     probe_scale: float = 1.0
     samples: int = 8  # sampled captions per image for the consistency signal
+    lens_temperature: float = 0.1  # the lens signal's cosine softmax temperature
     repair_beams: int = 4  # purified decoding of captions searches this many beams
     null_image: str = "none"  # the contrast signal's null image
     top_k: int = 8
@@ -156,11 +168,12 @@ def category_scores(
     margins: list[dict[str, float]],
     config: PurifyConfig,
     lexicon: ObjectLexicon,
+    token_map: dict[int, str],
     truth: list[set[str]] | None,
 ) -> list[dict[str, float]]:
     """h(c) ∈ [0, 1] per image and category: the selected signals as a product of experts.
 
-    Self-probe, consistency and oracle score every category of the pool (so a repair cannot swap
+    Self-probe, consistency, lens and oracle score every category of the pool (so a repair cannot swap
     a flagged object for another doubtful one); shared evidence, the costly signal, scores the
     categories the image's items are about; contrast and uncertainty score the objects the
     caption names, at the first token of each mention (the most doubtful mention counts).
@@ -180,6 +193,10 @@ def category_scores(
                 sampled[i].append({m.category for m in lexicon.find(text)})
         for i in range(n):
             per_image[i].append(consistency_scores(sampled[i], config.samples, list(margins[i])))
+    if "lens" in config.identify:
+        words = {c: [t for t, name in token_map.items() if name == c] for c in margins[0]} if n else {}
+        for i, scores in enumerate(lens_scores(vlm, images, {c: t for c, t in words.items() if t}, config.lens_temperature)):
+            per_image[i].append(scores)
     if "oracle" in config.identify:
         for i in range(n):
             per_image[i].append({c: float(c not in truth[i]) for c in margins[i]})
@@ -246,7 +263,7 @@ def identify_images(
     for i in range(n):
         rest = sorted((c for c in pool if c not in mentioned[i]), key=lambda c: -margins[i][c])
         candidates.append((mentioned[i] + rest)[: max(config.questions_per_image, len(mentioned[i]))])
-    scores = category_scores(vlm, images, captions, candidates, margins, config, lexicon, truth)
+    scores = category_scores(vlm, images, captions, candidates, margins, config, lexicon, token_map, truth)
     asked = [balanced_questions(scores[i], margins[i], config.tau, config.questions_per_image) for i in range(n)]
     return Identification(captions, margins, asked, scores)
 

@@ -78,6 +78,20 @@ def test_response_logits_are_the_plain_forward_logits(vlm, tiny_images):
         assert (logits[b, n:] == 0).all()
 
 
+def test_image_states_are_the_language_model_inputs_at_the_image_tokens(vlm, tiny_images):
+    states = vlm.image_states(tiny_images)
+    batch = vlm.encode(tiny_images, ["", ""])
+    image = batch["input_ids"] == vlm.processor.image_token_id
+    with torch.no_grad():
+        embeds = vlm.model(**batch, output_hidden_states=True).hidden_states[0]
+    width = vlm.word_embeddings().shape[1]
+    for b, row in enumerate(states):
+        assert row.dtype == torch.float32 and row.shape == (int(image[b].sum()), width) and len(row) > 0
+        torch.testing.assert_close(row, embeds[b][image[b]].float())
+    # Not the placeholder's own embedding: the image features were merged in.
+    assert not torch.allclose(states[0][0], vlm.word_embeddings()[vlm.processor.image_token_id].float())
+
+
 def test_null_images_score_the_same_tokens_differently(vlm, tiny_images):
     with torch.no_grad():
         logits, ids, mask = vlm.response_logits(tiny_images, PROMPTS, RESPONSES)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from seed.errors import SeedError
-from seed.identify import combine, consistency_scores, find_mentions, shared_evidence_scores
+from seed.identify import combine, consistency_scores, find_mentions, lens_scores, shared_evidence_scores
 from seed.lexicon import ObjectLexicon
 from seed.purify import PurifyConfig, load_shards, object_token_map, purify
 
@@ -19,6 +19,25 @@ def test_shared_evidence_flags_the_object_whose_evidence_is_anothers():
     evidence = torch.tensor([[3.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.1], [0.0, 0.0, 0.0, 2.0]])
     scores = shared_evidence_scores(margin, evidence)
     assert scores[1] > 0.85 and scores[0] == 0 and scores[2] < 0.1
+
+
+def test_lens_reads_each_image_token_as_a_word():
+    class Fake:  # three words; image 0 shows word 1 outright, image 1 shows nothing like a word
+        table = torch.eye(3)
+
+        def word_embeddings(self):
+            return self.table
+
+        def image_states(self, images):
+            return [torch.tensor([[0.0, 5.0, 0.0], [1.0, 1.0, 1.0]]), torch.ones(2, 3)]
+
+    scores = lens_scores(Fake(), [None, None], {"dog": [1], "cup": [0, 2]}, temperature=0.1)
+    p_dog = torch.tensor([0.0, 10.0, 0.0]).softmax(-1)[1].item()
+    assert scores[0]["dog"] == pytest.approx(1 - p_dog) and scores[0]["dog"] < 1e-3
+    # cup is spelt by two tokens: their probabilities add, at the token that shows it most.
+    p_cup = max(2 * torch.tensor([0.0, 10.0, 0.0]).softmax(-1)[0].item(), 2 / 3)
+    assert scores[0]["cup"] == pytest.approx(1 - p_cup)
+    assert scores[1] == pytest.approx({"dog": 2 / 3, "cup": 1 / 3})
 
 
 def test_mentions_map_to_their_first_token(tiny_llava_dir):
@@ -133,7 +152,7 @@ def test_answers_are_purged_on_both_sides(tiny_llava_dir):
 
 
 def test_every_signal_is_selectable(tiny_llava_dir, tmp_path):
-    signals = ("self-probe", "consistency", "evidence", "contrast", "uncertainty")
+    signals = ("self-probe", "consistency", "lens", "evidence", "contrast", "uncertainty")
     config = PurifyConfig(identify=signals, samples=2, questions_per_image=2, max_new_tokens=6, categories=("dog", "cup"))
     out = purify(str(tiny_llava_dir), images=_images(tmp_path / "images", 2), out=tmp_path / "o", config=config, device="cpu")
     records, _ = load_shards(out)

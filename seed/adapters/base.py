@@ -96,6 +96,14 @@ class VisionLanguageModel:
     def _image_mean(self) -> Sequence[float]:
         return self.processor.image_processor.image_mean
 
+    def _image_token_id(self) -> int:
+        """The placeholder token whose positions carry the projected image features."""
+        return self.processor.image_token_id
+
+    def _input_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The language model's input embeddings (image features merged in), [B, L, D]."""
+        return self.model(**batch, output_hidden_states=True, logits_to_keep=1).hidden_states[0]
+
     def _save_processor(self, out_dir: Path) -> None:
         self.processor.save_pretrained(out_dir)
 
@@ -187,6 +195,19 @@ class VisionLanguageModel:
         for b, row in enumerate(response_ids):
             ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
         return logits, ids.to(self.device), mask
+
+    @torch.no_grad()
+    def image_states(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        """What the language model reads at each image's placeholder positions: the projected
+        image features, one float32 [P, D] per image (P = all tiles' tokens)."""
+        batch = self.encode(images, [""] * len(images))
+        states = self._input_states(batch)
+        image = batch["input_ids"] == self._image_token_id()
+        return [row[keep].float() for row, keep in zip(states, image)]
+
+    def word_embeddings(self) -> torch.Tensor:
+        """The language model's input embedding matrix, [V, D]."""
+        return self.model.get_input_embeddings().weight
 
     def generate(
         self,

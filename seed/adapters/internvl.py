@@ -225,6 +225,15 @@ class InternVL2RemoteVLM(VisionLanguageModel):
             logits = self.model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return logits[:, -keep:]
 
+    def _image_token_id(self) -> int:
+        return self.model.img_context_token_id
+
+    def _input_states(self, batch):
+        return self.model(**batch, output_hidden_states=True).hidden_states[0]
+
+    def word_embeddings(self) -> torch.Tensor:
+        return self.model.language_model.get_input_embeddings().weight
+
     def _generate_new_tokens(self, batch, **kwargs):
         batch = {k: v for k, v in batch.items() if k != "image_flags"}
         # The remote generate() embeds the prompt itself and returns only the new tokens.
