@@ -33,7 +33,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
 def world_build(
     out: Optional[Path] = typer.Option(None, help="Folder of the world (default: the cache, ~/.cache/seed)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same world."),
-    bias: bool = typer.Option(True, "--bias/--no-bias", help="Plant co-occurrence bias in the training text (off = control world)."),
+    bias: bool = typer.Option(True, "--bias/--no-bias", help="Plant the co-occurrence bias: partners drawn together and named when absent (off = control world)."),
     force: bool = typer.Option(False, help="Rebuild even if a finished world is there."),
     device: str = DeviceOpt,
 ) -> None:
@@ -360,6 +360,7 @@ def evolve_command(
     pope_images: int = typer.Option(500, "--pope-images", help="With --eval-annotations: images per POPE split (6 questions each)."),
     chair_images: int = typer.Option(500, "--chair-images", help="Images captioned for CHAIR."),
     patience: int = typer.Option(1, "--patience", help="Stop after this many rounds without a better adversarial F1."),
+    min_recall: float = typer.Option(0.9, "--min-recall", help="Stop when caption object recall falls below this share of the base's; such rounds are kept last."),
     lr: float = typer.Option(2e-4, "--lr", help="Learning rate of the adapter."),
     epochs: int = typer.Option(2, "--epochs", help="Passes over each round's purified responses."),
     captions: str = typer.Option("all", "--captions", help="Captions the adapter trains on: all (default), repaired (the ones purification changed) or none; answers always."),
@@ -382,7 +383,7 @@ def evolve_command(
     from seed.evolve import EvolveConfig, evolve
 
     config = EvolveConfig(
-        rounds=rounds, loss=loss, patience=patience,
+        rounds=rounds, loss=loss, patience=patience, min_recall=min_recall,
         identify=_signals(identify),
         distill=DistillConfig(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, rank=rank, alpha=alpha, site_weight=site_weight, beta=beta, captions=captions),
         images=str(images) if images else None, annotations=str(annotations) if annotations else None,

@@ -52,7 +52,8 @@ class EvolveConfig:
     ``oracle`` signal); evaluation uses ``eval_images`` + ``eval_annotations`` (default: the
     world's held-out split and its POPE files; otherwise POPE is built from the annotations
     with ``pope_images`` images per split). Rounds are ranked by ``selection_split`` F1,
-    rounds whose yes-ratio lies inside ``yes_ratio`` first.
+    rounds whose yes-ratio lies inside ``yes_ratio`` and whose caption object recall keeps
+    ``min_recall`` of the base's first (fewer objects named hides hallucination, method.md).
     """
 
     rounds: int = 3
@@ -69,12 +70,15 @@ class EvolveConfig:
     selection_split: str = "adversarial"
     patience: int = 1
     yes_ratio: tuple[float, float] = (0.40, 0.60)
+    min_recall: float = 0.9
     eval_batch_size: int = 32
 
     def __post_init__(self):
         get_loss(self.loss)
         if self.rounds < 1 or self.patience < 1:
             raise SeedError("--rounds and --patience must be at least 1")
+        if not 0 <= self.min_recall <= 1:
+            raise SeedError(f"--min-recall is a share of the base's recall in [0, 1], not {self.min_recall}")
         if self.selection_split not in SPLITS:
             raise SeedError(f"the selection split must be one of {', '.join(SPLITS)}, not {self.selection_split!r}")
         lo, hi = self.yes_ratio
@@ -212,15 +216,22 @@ def _window_distance(yes_ratio: float, window: tuple[float, float]) -> float:
     return max(lo - yes_ratio, 0.0, yes_ratio - hi)
 
 
+def keeps_recall(entry: dict, rounds: Sequence[dict], config: EvolveConfig) -> bool:
+    """Whether the entry's caption object recall is at least ``min_recall`` of round 0's."""
+    base = next((e for e in rounds if e["round"] == 0), None)
+    return base is None or entry["eval"]["chair"]["recall"] >= config.min_recall * base["eval"]["chair"]["recall"]
+
+
 def best_round(rounds: Sequence[dict], config: EvolveConfig) -> dict | None:
-    """The trained round to keep: yes-ratio inside the window first, then the highest F1 (earliest on ties)."""
+    """The trained round to keep: yes-ratio inside the window and recall kept first, then the
+    highest F1 (earliest on ties)."""
     trained = [e for e in rounds if e["round"] >= 1]
     if not trained:
         return None
 
     def rank(entry):
         f1, yes = selection_metrics(entry, config.selection_split)
-        return (_window_distance(yes, config.yes_ratio) == 0.0, f1)
+        return (_window_distance(yes, config.yes_ratio) == 0.0, keeps_recall(entry, rounds, config), f1)
 
     return max(trained, key=rank)
 
@@ -235,6 +246,8 @@ def stop_reason(rounds: Sequence[dict], config: EvolveConfig) -> str | None:
     if _window_distance(yes, config.yes_ratio) > _window_distance(previous_yes, config.yes_ratio):
         lo, hi = config.yes_ratio
         return f"{split} yes-ratio {yes:.3f} moved away from [{lo:.2f}, {hi:.2f}] (round {rounds[-1]['round']})"
+    if not keeps_recall(rounds[-1], rounds, config):
+        return f"caption object recall fell below {config.min_recall:.0%} of the base's (round {rounds[-1]['round']})"
     scores = [selection_metrics(e, split)[0] for e in rounds]
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
     if len(scores) - 1 - best >= config.patience:

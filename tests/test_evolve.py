@@ -19,9 +19,9 @@ class Killed(Exception):
 
 
 class Fakes:
-    """Records what the recipe asked for; ``scores[round] = (adversarial F1, yes-ratio)``."""
+    """Records what the recipe asked for; ``scores[round] = (adversarial F1, yes-ratio[, caption recall])``."""
 
-    def __init__(self, scores: dict[int, tuple[float, float]], kill_at_round: int | None = None):
+    def __init__(self, scores: dict[int, tuple[float, ...]], kill_at_round: int | None = None):
         self.scores, self.kill_at_round = scores, kill_at_round
         self.loaded_adapters: list[str | None] = []
         self.purified: list[int] = []
@@ -59,9 +59,9 @@ class Fakes:
     def evaluate(self, vlm, data, out_dir, **options):
         r = self.round_of(out_dir)
         self.evaluated.append(r)
-        f1, yes = self.scores[r]
+        f1, yes, recall = (*self.scores[r], 0.8)[:3]
         metrics = {"accuracy": f1, "precision": f1, "recall": f1, "f1": f1, "yes_ratio": yes}
-        chair = {"chair_i": 0.2, "chair_s": 0.5, "recall": 0.8, "mean_length": 10.0}
+        chair = {"chair_i": 0.2, "chair_s": 0.5, "recall": recall, "mean_length": 10.0}
         return {"pope": {s: metrics for s in ("random", "popular", "adversarial")}, "pope_mean_f1": f1, "chair": chair}
 
 
@@ -109,6 +109,19 @@ def test_stop_when_the_yes_ratio_leaves_the_window(monkeypatch, data, tmp_path):
     assert "yes-ratio 0.350 moved away" in history["stopped"]
     # The higher F1 of round 2 comes from answering "no": round 1 is kept.
     assert history["best_round"] == 1 and kept_round(out) == 1
+
+
+def test_stop_when_captions_lose_objects(monkeypatch, data, tmp_path):
+    # Round 2 has the best F1 but names fewer than 90 % of the objects the base named.
+    fakes = Fakes({0: (0.80, 0.5, 0.80), 1: (0.84, 0.5, 0.75), 2: (0.86, 0.5, 0.70), 3: (0.90, 0.5, 0.80)})
+    fakes.install(monkeypatch, data)
+    history = E.evolve(out=tmp_path / "run", config=E.EvolveConfig(rounds=3))
+    assert fakes.purified == [1, 2] and "recall fell below 90% of the base's (round 2)" in history["stopped"]
+    assert history["best_round"] == 1 and kept_round(tmp_path / "run") == 1
+    fakes = Fakes({0: (0.80, 0.5, 0.80), 1: (0.84, 0.5, 0.75), 2: (0.86, 0.5, 0.70)})
+    fakes.install(monkeypatch, data)
+    history = E.evolve(out=tmp_path / "run2", config=E.EvolveConfig(rounds=2, min_recall=0.85))
+    assert history["best_round"] == 2 and history["stopped"] is None
 
 
 def test_stop_when_f1_stops_improving(monkeypatch, data, tmp_path):

@@ -127,7 +127,7 @@ def build_world(
             rng = np.random.default_rng([config.seed, k])
             scenes = []
             for _ in range(config.sizes[split]):
-                scenes.append(S.draw_scene(rng, mcfg.image_size))
+                scenes.append(S.draw_scene(rng, mcfg.image_size, config.bias.cooccur))
                 bar.advance(task)
             (tmp / split / "images").mkdir(parents=True)
             for i, scene in enumerate(scenes, 1):

@@ -27,14 +27,17 @@ CAPTION_TEMPLATES = [
 
 @dataclass
 class BiasConfig:
-    """How often the training text names an absent partner of a visible object."""
+    """The planted co-occurrence bias: how often a drawn object brings its partner into the
+    scene, and how often the training text names an absent partner of a visible object."""
 
     caption_rate: float = 0.35
     answer_rate: float = 0.45
+    cooccur: float = 0.5
 
     @classmethod
     def off(cls) -> "BiasConfig":
-        return cls(0.0, 0.0)
+        """The control: partners are drawn independently and the text names only what is shown."""
+        return cls(0.0, 0.0, 0.0)
 
 
 @dataclass
