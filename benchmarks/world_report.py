@@ -2,7 +2,10 @@
 
 For each world: build time, POPE (random / popular / adversarial: F1 and yes-ratio) on the
 held-out split, CHAIR on held-out captions, and the share of captions that name an absent
-co-occurrence partner of a visible object — the planted hallucination.
+co-occurrence partner of a visible object — the planted hallucination — with the rates at which
+a caption names an absent partner and an absent non-partner class (per absent class): in a world
+without bias the two are alike, and the first figure is then just the model's general
+hallucination rate landing on partners.
 
     python benchmarks/world_report.py [--seed 0] [--output report.json]
 """
@@ -33,6 +36,24 @@ def partner_rate(chair: dict) -> float:
     return hits / len(chair["captions"])
 
 
+def naming_rates(chair: dict) -> tuple[float, float]:
+    """(P(named | absent partner), P(named | absent other class)) over all captions."""
+    from seed.world.vocab import CLASS_NAMES
+
+    lexicon = ObjectLexicon.default()
+    counts = {"partner": [0, 0], "other": [0, 0]}  # [named, absent]
+    for c in chair["captions"]:
+        truth = set(c["ground_truth"])
+        named = {m.category for m in lexicon.find(c["caption"])}
+        partners = set(absent_partners(sorted(truth)))
+        for name in CLASS_NAMES:
+            if name not in truth:
+                kind = counts["partner" if name in partners else "other"]
+                kind[0] += name in named
+                kind[1] += 1
+    return tuple(n / max(a, 1) for n, a in counts.values())
+
+
 def report(seed: int, bias: bool) -> dict:
     world = build_world(seed=seed, bias=bias)
     spec = ModelSpec(model=str(world / "model"), device="cpu")
@@ -46,6 +67,7 @@ def report(seed: int, bias: bool) -> dict:
         "pope": pope,
         "chair": chair["metrics"],
         "absent_partner_captions": partner_rate(chair),
+        "named_if_absent": dict(zip(("partner", "other"), naming_rates(chair))),
     }
 
 
@@ -56,7 +78,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = {"biased": report(args.seed, True), "control (no bias)": report(args.seed, False)}
     table = Table(title=f"embedded world, seed {args.seed}")
-    for col in ("world", "build s", "F1 rand", "F1 pop", "F1 adv", "yes rand", "yes adv", "CHAIR_i", "recall", "partner captions"):
+    columns = ("world", "build s", "F1 rand", "F1 pop", "F1 adv", "yes rand", "yes adv", "CHAIR_i", "recall", "partner captions")
+    for col in (*columns, "named: absent partner", "named: absent other"):
         table.add_column(col, justify="right")
     for name, r in rows.items():
         p = r["pope"]
@@ -69,8 +92,10 @@ def main() -> None:
             f"{100 * r['chair']['chair_i']:.1f}",
             f"{100 * r['chair']['recall']:.1f}",
             f"{100 * r['absent_partner_captions']:.1f}%",
+            f"{100 * r['named_if_absent']['partner']:.1f}%",
+            f"{100 * r['named_if_absent']['other']:.1f}%",
         )
-    Console().print(table)
+    Console(width=160).print(table)
     if args.output:
         write_json(args.output, rows)
 
