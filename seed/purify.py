@@ -194,8 +194,8 @@ def category_scores(
         for i in range(n):
             per_image[i].append(consistency_scores(sampled[i], config.samples, list(margins[i])))
     if "lens" in config.identify:
-        words = {c: [t for t, name in token_map.items() if name == c] for c in margins[0]} if n else {}
-        for i, scores in enumerate(lens_scores(vlm, images, {c: t for c, t in words.items() if t}, config.lens_temperature)):
+        words = {c: ids for c in (margins[0] if n else ()) if (ids := [t for t, name in token_map.items() if name == c])}
+        for i, scores in enumerate(lens_scores(vlm, images, words, config.lens_temperature)):
             per_image[i].append(scores)
     if "oracle" in config.identify:
         for i in range(n):
