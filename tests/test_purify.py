@@ -124,6 +124,8 @@ def test_questions_balance_affirmed_and_flagged_objects():
     assert balanced_questions(scores, margins, 0.5, 8) == ["cup", "dog", "kite", "vase"]
     assert balanced_questions(scores, margins, 0.5, 2) == ["cup", "kite"]  # at most half of the limit each
     assert balanced_questions({"car": 0.9, "kite": 0.8}, margins, 0.5, 8) == ["kite"]  # nothing affirmed: one "no" still
+    # only categories of the pool (a contrast score may name others, e.g. "truck" from a caption)
+    assert balanced_questions({**scores, "truck": 0.99}, margins, 0.5, 8) == ["cup", "dog", "kite", "vase"]
 
 
 def test_combine_adds_log_odds():
