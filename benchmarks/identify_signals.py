@@ -22,7 +22,7 @@ from seed.identify import combine, consistency_scores, find_mentions, lens_score
 from seed.purge import to_unit
 from seed.io import load_coco
 from seed.lexicon import ObjectLexicon
-from seed.purify import object_token_map
+from seed.purify import category_tokens, object_token_map
 from seed.world import ensure_world
 from seed.world.scenes import CAPTION_PROMPT
 
@@ -53,8 +53,7 @@ def main() -> None:
     images = {i: Image.open(world / "heldout" / "images" / coco.imgs[i]["file_name"]).convert("RGB") for i in ids}
     lexicon = ObjectLexicon.default()
     categories = [c["name"] for c in coco.dataset["categories"]]
-    token_map = object_token_map(vlm.tokenizer, lexicon)
-    words = {c: [t for t, name in token_map.items() if name == c] for c in categories}
+    words = {c: ids for c, ids in category_tokens(object_token_map(vlm.tokenizer, lexicon)).items() if c in categories}
 
     def default(h: dict[str, float]) -> None:
         h["default (self-probe × lens)"] = combine([{0: h["self-probe"]}, {0: h["lens"]}])[0]

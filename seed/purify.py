@@ -104,6 +104,14 @@ def object_token_map(tokenizer, lexicon: ObjectLexicon) -> dict[int, str]:
     return out
 
 
+def category_tokens(token_map: dict[int, str]) -> dict[str, list[int]]:
+    """The inverse of :func:`object_token_map`: category → the token ids that name it whole."""
+    out: dict[str, list[int]] = {}
+    for token_id, category in token_map.items():
+        out.setdefault(category, []).append(token_id)
+    return out
+
+
 def banned_ids(categories, token_map: dict[int, str]) -> set[int]:
     """The token ids that name any of ``categories``."""
     return {t for t, c in token_map.items() if c in categories}
@@ -194,7 +202,8 @@ def category_scores(
         for i in range(n):
             per_image[i].append(consistency_scores(sampled[i], config.samples, list(margins[i])))
     if "lens" in config.identify:
-        words = {c: ids for c in (margins[0] if n else ()) if (ids := [t for t, name in token_map.items() if name == c])}
+        pool = margins[0] if n else {}
+        words = {c: ids for c, ids in category_tokens(token_map).items() if c in pool}
         for i, scores in enumerate(lens_scores(vlm, images, words, config.lens_temperature)):
             per_image[i].append(scores)
     if "oracle" in config.identify:

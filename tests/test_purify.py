@@ -9,7 +9,7 @@ from PIL import Image
 from seed.errors import SeedError
 from seed.identify import combine, consistency_scores, find_mentions, lens_scores, shared_evidence_scores
 from seed.lexicon import ObjectLexicon
-from seed.purify import PurifyConfig, load_shards, object_token_map, purify
+from seed.purify import PurifyConfig, category_tokens, load_shards, object_token_map, purify
 
 
 def test_shared_evidence_flags_the_object_whose_evidence_is_anothers():
@@ -38,6 +38,10 @@ def test_lens_reads_each_image_token_as_a_word():
     p_cup = max(2 * torch.tensor([0.0, 10.0, 0.0]).softmax(-1)[0].item(), 2 / 3)
     assert scores[0]["cup"] == pytest.approx(1 - p_cup)
     assert scores[1] == pytest.approx({"dog": 2 / 3, "cup": 1 / 3})
+
+
+def test_category_tokens_invert_the_token_map():
+    assert category_tokens({5: "dog", 7: "dog", 9: "cup"}) == {"dog": [5, 7], "cup": [9]}
 
 
 def test_mentions_map_to_their_first_token(tiny_llava_dir):
