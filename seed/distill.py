@@ -44,12 +44,13 @@ class DistillConfig:
     ``beta``) or ``sft`` (cross-entropy on the repaired tokens). ``eps``: floor of p̃ in the
     reverse KL. ``site_weight``: loss weight of hallucination sites, the tokens purification
     changed (default 4: reverse KL's gradient at a site scales with the student's own mass on the
-    repair, small exactly where the base model was wrong; measured on the embedded world, weight 4
-    took held-out POPE-adversarial F1 from 85.6 to 87.1 on the same shards).
+    repair, small exactly where the base model was wrong; measured on the first embedded world,
+    weight 4 took held-out POPE-adversarial F1 from 85.6 to 87.1 on the same shards).
     ``captions``: train on every stored caption (default), only the ``repaired`` ones, or
     ``none``; answers are always trained on. Repaired captions alone are the ones that dropped an
     object, and a student trained on them alone names fewer objects (object recall 88 % of the
-    base's against 92 % with every caption).
+    base's against 92 % with every caption). One epoch at lr 4e-4 matched two at 2e-4 on the
+    embedded world (adversarial F1 93.0 both, same shards) in half the time.
     ``max_steps`` (optimizer steps) overrides ``epochs`` when set. ``mixed_precision`` ``auto``
     is bf16 on GPUs that support it, off elsewhere.
     """
@@ -62,11 +63,11 @@ class DistillConfig:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    lr: float = 2e-4
+    lr: float = 4e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    epochs: int = 2
+    epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 8
     grad_accum: int = 1

@@ -141,10 +141,16 @@ def build_world(
         train = drawn["train"]
         processor = build_processor(S.world_vocabulary(), mcfg)
         model = build_model(processor, mcfg)
-        pixel_values = processor.image_processor([s.image for s in train], return_tensors="pt")["pixel_values"]
-        patch_labels = torch.tensor(np.stack([S.patch_targets(s.label_map, mcfg.patch_size) for s in train]))
+        # The vision tower learns from a larger image corpus: the train scenes plus unsaved extra ones.
+        rng = np.random.default_rng([config.seed, len(SPLITS) + 1])
+        corpus = train + [S.draw_scene(rng, mcfg.image_size, config.bias.cooccur) for _ in range(tcfg.vision_images - len(train))]
+        pixels = processor.image_processor([s.image for s in corpus], return_tensors="pt")["pixel_values"]
+        patch_labels = torch.tensor(np.stack([S.patch_targets(s.label_map, mcfg.patch_size) for s in corpus]))
+        image_labels = torch.tensor(np.stack([S.image_targets(s) for s in corpus]))
         task = bar.add_task("vision pretraining", total=tcfg.vision_steps)
-        head = pretrain_vision(model, pixel_values, patch_labels, tcfg, generator, lambda n: bar.advance(task, n))
+        head = pretrain_vision(model, pixels, patch_labels, image_labels, tcfg, generator, lambda n: bar.advance(task, n))
+        pixel_values = pixels[: len(train)].clone()
+        del corpus, pixels, patch_labels, image_labels
 
         # The same biased text feeds both language stages; text-only prompts list the scene's objects.
         rng = np.random.default_rng([config.seed, len(SPLITS)])

@@ -117,11 +117,13 @@ def draw_scene(rng: np.random.Generator, size: int = 64, cooccur: float = 0.5) -
             _draw_shape(draw, "circle", (x + s / 4, y + s / 4, x + s - 1 - s / 4, y + s - 1 - s / 4), (int(bg),) * 3)
         _draw_shape(ldraw, shape, box, CLASS_NAMES.index(name) + 1)
 
-    label_map = np.asarray(labels)
+    label_map = np.array(labels)
     objects = []
     for name in names:
-        ys, xs = np.nonzero(label_map == CLASS_NAMES.index(name) + 1)
-        if len(xs) < 12:  # mostly hidden by later objects: not visible, not annotated
+        hit = label_map == CLASS_NAMES.index(name) + 1
+        ys, xs = np.nonzero(hit)
+        if len(xs) < 12:  # mostly hidden by later objects: not visible, not annotated, not labelled
+            label_map[hit] = 0
             continue
         x0, y0 = int(xs.min()), int(ys.min())
         objects.append(
@@ -162,6 +164,11 @@ def training_questions(rng: np.random.Generator, present: list[str], bias: BiasC
     for c in others[: max(1, len(present) - len(partners))]:
         pairs.append((c, "No"))
     return [(question(c), a) for c, a in pairs]
+
+
+def image_targets(scene: Scene) -> np.ndarray:
+    """Multi-hot [C] image labels: the annotated (visible) classes."""
+    return np.isin(CLASS_NAMES, scene.categories).astype(np.float32)
 
 
 def patch_targets(label_map: np.ndarray, patch: int, min_pixels: int = 6) -> np.ndarray:

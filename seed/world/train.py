@@ -1,6 +1,10 @@
 """Training the tiny LLaVA on CPU, in the order real LVLMs are made:
 
-1. vision tower: which objects each patch (and, on CLS, the image) shows;
+1. vision tower: which objects each patch (and, on CLS, the image) shows, on 12000 scenes
+   (the train split plus unsaved extra ones). Perception bounds everything downstream: with 4000
+   scenes and 400 steps the tower's image-level AUROC on held-out scenes was 0.978 and the
+   no-bias control model named an absent object in 16 % of mentions (CHAIR_i); with 12000 scenes
+   and 1000 steps, 0.994 and 6 %;
 2. language model: text-only pretraining where a scene is written as its list of object words;
 3. projector aligned so a patch showing c lands near the word embedding of c (LLaVA stage 1);
 4. projector + language model on image + caption-only and image + question-only sequences.
@@ -25,9 +29,10 @@ Progress = Callable[[int], None]
 
 @dataclass
 class TrainConfig:
-    vision_steps: int = 400
+    vision_images: int = 12000  # train scenes + extra drawn ones (more images: fewer false alarms)
+    vision_steps: int = 1000
     vision_batch: int = 128
-    vision_lr: float = 3e-3
+    vision_lr: float = 6e-3
     text_steps: int = 1600
     text_batch: int = 64
     text_lr: float = 1e-3
@@ -63,17 +68,17 @@ def pretrain_vision(
     model: LlavaForConditionalGeneration,
     pixel_values: torch.Tensor,
     patch_labels: torch.Tensor,
+    image_labels: torch.Tensor,
     cfg: TrainConfig,
     generator: torch.Generator,
     progress: Progress = lambda n: None,
 ) -> torch.nn.Linear:
-    """Teach the vision tower which objects each patch shows and, on CLS, which the image shows.
-
-    One linear head scores both (multi-label BCE); it is returned for :func:`align_projector`.
+    """Teach the vision tower which objects each patch shows ([N, P, C]) and, on CLS, which the
+    image shows ([N, C], its annotations). One linear head scores both (multi-label BCE); it is
+    returned for :func:`align_projector`.
     """
     tower = model.model.vision_tower
     head = torch.nn.Linear(tower.config.hidden_size, patch_labels.shape[-1])
-    image_labels = patch_labels.amax(1)
     opt, sched = _optimizer([*tower.parameters(), *head.parameters()], cfg.vision_lr, cfg.vision_steps, cfg.warmup)
     tower.train()
     loss = torch.tensor(0.0)
