@@ -216,3 +216,20 @@ def test_export_merges_the_adapter_into_its_base(tiny_llava_dir, tmp_path):
         assert torch.allclose(merged.model(**batch).logits, vlm.model(**batch).logits, atol=1e-4)
     refused = CliRunner().invoke(app, ["export", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "--merge" in str(refused.exception)
+
+
+def test_the_cli_defaults_are_the_config_defaults():
+    """`seed evolve` spells its defaults out (importing the configs would slow `seed --help`);
+    they must stay the dataclasses' own."""
+    import dataclasses
+    import inspect
+
+    from seed.cli import evolve_command
+    from seed.distill import DistillConfig
+
+    options = {name: p.default.default for name, p in inspect.signature(evolve_command).parameters.items()}
+    for config in (DistillConfig(), E.EvolveConfig()):
+        shared = {f.name for f in dataclasses.fields(config)} & options.keys()
+        assert len(shared) > 5
+        for name in shared:
+            assert options[name] == getattr(config, name), name
