@@ -20,32 +20,28 @@ from rich.table import Table
 
 from seed.evaluation.runner import ModelSpec, evaluate_chair_model, evaluate_pope
 from seed.io import write_json
-from seed.lexicon import ObjectLexicon
 from seed.world import build_world
 from seed.world.scenes import absent_partners
 
 
-def partner_rate(chair: dict) -> float:
-    """Share of captions naming an absent partner of an object the image shows."""
-    lexicon = ObjectLexicon.default()
-    hits = 0
+def _captions(chair: dict):
+    """(objects shown, absent partners of them, objects named) per caption, as CHAIR matched them."""
     for c in chair["captions"]:
         truth = sorted(c["ground_truth"])
-        named = {m.category for m in lexicon.find(c["caption"])}
-        hits += bool(named & set(absent_partners(truth)))
-    return hits / len(chair["captions"])
+        yield set(truth), set(absent_partners(truth)), {m["category"] for m in c["mentions"]}
+
+
+def partner_rate(chair: dict) -> float:
+    """Share of captions naming an absent partner of an object the image shows."""
+    return sum(bool(named & partners) for _, partners, named in _captions(chair)) / len(chair["captions"])
 
 
 def naming_rates(chair: dict) -> tuple[float, float]:
     """(P(named | absent partner), P(named | absent other class)) over all captions."""
     from seed.world.vocab import CLASS_NAMES
 
-    lexicon = ObjectLexicon.default()
     counts = {"partner": [0, 0], "other": [0, 0]}  # [named, absent]
-    for c in chair["captions"]:
-        truth = set(c["ground_truth"])
-        named = {m.category for m in lexicon.find(c["caption"])}
-        partners = set(absent_partners(sorted(truth)))
+    for truth, partners, named in _captions(chair):
         for name in CLASS_NAMES:
             if name not in truth:
                 kind = counts["partner" if name in partners else "other"]
