@@ -252,7 +252,7 @@ def eval_chair(
     images: Optional[Path] = ImagesOpt,
     num_images: int = typer.Option(500, "--num-images", help="Annotated images to caption, sampled with --image-seed (all if fewer)."),
     image_seed: int = typer.Option(0, "--image-seed", help="Seed of the image sample."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per generate call."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per generate call."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest caption generated."),
     decoding: str = DecodingOpt,
     vcd_alpha: float = VcdAlphaOpt,
