@@ -22,12 +22,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from seed.adapters import load_spec
 from seed.adapters.hea import save_hea
-from seed.distill import DistillConfig, distill
-from seed.evaluation.runner import Decoding, ModelSpec
-from seed.evolve import EvolveConfig, evaluate, metrics_table, resolve_datasets
+from seed.config import Decoding, DistillConfig, EvolveConfig, HEAConfig, IdentifyConfig, ModelSpec, PurifyConfig
+from seed.distill import distill
+from seed.evolve import evaluate, resolve_datasets
 from seed.io import library_versions, md5_file, read_json, write_json
-from seed.purify import PurifyConfig, load_shards, purify
+from seed.purify import purify
+from seed.report import metrics_table
+from seed.targets import load_shards
 
 LOSS_NAMES = {"sft": "SFT", "forward-kl": "fwd KL", "reverse-kl": "SEED (rev KL)", "jsd": "JSD"}
 
@@ -41,15 +44,16 @@ def main() -> None:
         images=args.images, eval_images=args.eval_images, eval_annotations=args.eval_annotations,
         pope_images=args.pope_images, chair_images=args.chair_images,
     )  # fmt: skip
-    data = resolve_datasets(spec, evolve_config)
+    spec, data = resolve_datasets(spec, evolve_config)
     train = DistillConfig(
-        lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, rank=args.rank, alpha=args.rank * 2,
+        lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, hea=HEAConfig(rank=args.rank, alpha=args.rank * 2),
         captions=args.captions, site_weight=args.site_weight, seed=args.seed,
     )  # fmt: skip
     options = {"batch_size": args.eval_batch_size, "pope_images": args.pope_images, "chair_images": args.chair_images}
 
     start = time.time()
-    purify_config = PurifyConfig(tau=args.tau, **({} if args.identify is None else {"identify": tuple(args.identify.split(","))}))
+    signals = {} if args.identify is None else {"signals": tuple(args.identify.split(","))}
+    purify_config = PurifyConfig(IdentifyConfig(tau=args.tau, **signals))
     if args.purified:
         # Shards written earlier by the base model (e.g. round 1 of `seed evolve`): reuse them.
         purified = Path(args.purified)
@@ -59,7 +63,7 @@ def main() -> None:
         purify_config = manifest["options"]["config"]
     else:
         purified = purify(
-            spec.load(), images=data.purify_images, annotations=data.purify_annotations, out=out / "purified", config=purify_config
+            load_spec(spec), images=data.purify_images, annotations=data.purify_annotations, out=out / "purified", config=purify_config
         )
     records, tensors = load_shards(purified)
     console.print(
@@ -81,21 +85,21 @@ def main() -> None:
             write_json(done, rows[name])
         console.print(f"{label}: adversarial F1 {100 * rows[name]['eval']['pope']['adversarial']['f1']:.2f}", highlight=False)
 
-    row("base", "base", lambda d: {"eval": evaluate(spec.load(), data, d, **options)})
+    row("base", "base", lambda d: {"eval": evaluate(load_spec(spec), data, d, **options)})
     if not args.no_vcd:
         row(
             "vcd",
             "VCD (base)",
-            lambda d: {"eval": evaluate(spec.load(), data, d, decoding=Decoding("vcd", args.vcd_alpha, args.vcd_beta), **options)},
+            lambda d: {"eval": evaluate(load_spec(spec), data, d, decoding=Decoding("vcd", args.vcd_alpha, args.vcd_beta), **options)},
         )
 
     def distilled(loss: str):
         def run(folder: Path) -> dict:
-            vlm = spec.load()
+            vlm = load_spec(spec)
             stats = distill(vlm, records, tensors, data.purify_images, dataclasses.replace(train, loss=loss))
-            adapter = save_hea(vlm, folder / "adapter", {"loss": loss, "rounds": 1, "data_hash": md5_file(purified / "purified.jsonl")})
+            save_hea(vlm, folder / "adapter", {"loss": loss, "rounds": 1, "data_hash": md5_file(purified / "purified.jsonl")})
             stats = {k: v for k, v in stats.items() if k != "losses"}
-            return {"distill": stats, "eval": evaluate(vlm, data, folder, adapter=str(adapter), **options)}
+            return {"distill": stats, "eval": evaluate(vlm, data, folder, **options)}
 
         return run
 
@@ -129,13 +133,13 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--pope-images", type=int, default=500, help="with --eval-annotations: images per POPE split")
     p.add_argument("--chair-images", type=int, default=500)
     p.add_argument("--identify", default=None, help="purify's signals, comma-separated (default: purify's)")
-    p.add_argument("--tau", type=float, default=PurifyConfig.tau, help="purify's flag threshold on h")
+    p.add_argument("--tau", type=float, default=IdentifyConfig.tau, help="purify's flag threshold on h")
     p.add_argument("--purified", default=None, help="reuse shards the base model wrote (e.g. an evolve run's round-1/purified)")
     p.add_argument("--losses", default="sft,forward-kl,reverse-kl")
     p.add_argument("--lr", type=float, default=DistillConfig.lr)
     p.add_argument("--epochs", type=int, default=DistillConfig.epochs)
     p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
-    p.add_argument("--rank", type=int, default=DistillConfig.rank)
+    p.add_argument("--rank", type=int, default=HEAConfig.rank)
     p.add_argument("--site-weight", type=float, default=DistillConfig.site_weight, help="loss weight of hallucination sites")
     p.add_argument("--captions", default=DistillConfig.captions, help="captions the student trains on: all, repaired or none")
     p.add_argument("--seed", type=int, default=0)

@@ -18,13 +18,12 @@ from pathlib import Path
 from PIL import Image
 
 from seed.adapters import load
-from seed.identify import combine, consistency_scores, find_mentions, lens_scores, region_evidence, shared_evidence_scores
-from seed.purge import to_unit
+from seed.identify import combine, consistency_scores, find_mentions, lens_scores, region_evidence, shared_evidence_scores, to_unit
 from seed.io import load_coco
+from seed.isolate import category_tokens, object_token_map
 from seed.lexicon import ObjectLexicon
-from seed.purify import category_tokens, object_token_map
-from seed.world import ensure_world
-from seed.world.scenes import CAPTION_PROMPT
+from seed.prompts import CAPTION_PROMPT
+from seed.world import World
 
 
 def auroc(scores: list[float], labels: list[int]) -> float:
@@ -44,13 +43,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--samples", type=int, default=8, help="sampled captions per image (consistency)")
     args = ap.parse_args()
-    world = args.world or ensure_world()
-    vlm = load(str(world / "model"), device="cpu")
-    coco, _ = load_coco(world / "heldout" / "annotations" / "instances.json")
+    world = World(args.world) if args.world else World.default()
+    vlm = load(str(world.model), device="cpu")
+    coco, _ = load_coco(world.annotations(world.eval_split))
     names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
     ids = sorted(coco.imgs)[: args.num_images]
     truth = {i: {names[a["category_id"]] for a in coco.imgToAnns[i]} for i in ids}
-    images = {i: Image.open(world / "heldout" / "images" / coco.imgs[i]["file_name"]).convert("RGB") for i in ids}
+    images = {i: Image.open(world.images(world.eval_split) / coco.imgs[i]["file_name"]).convert("RGB") for i in ids}
     lexicon = ObjectLexicon.default()
     categories = [c["name"] for c in coco.dataset["categories"]]
     words = {c: ids for c, ids in category_tokens(object_token_map(vlm.tokenizer, lexicon)).items() if c in categories}

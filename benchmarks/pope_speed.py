@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seed.evaluation import pope as P
-from seed.evaluation import runner as R
+from seed.evaluation import pope
+from seed.evaluation.yes_no import answer_yes_no
+from seed.io import check_images, open_image
+from seed.prompts import object_question
 
 # llava-hf/llava-1.5-7b-hf config.json
 LLAVA_7B = {
@@ -110,7 +112,7 @@ def random_questions(n: int, seed: int = 0) -> tuple[list[dict], dict[str, Image
         name = f"random_{i:04d}.jpg"
         images[name] = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
         for j, category in enumerate(rng.choice(CLASS_NAMES, 6, replace=False)):
-            questions.append({"question_id": len(questions) + 1, "image": name, "text": P.question_text(str(category)), "label": "yes" if j % 2 == 0 else "no"})
+            questions.append({"question_id": len(questions) + 1, "image": name, "text": object_question(str(category)), "label": "yes" if j % 2 == 0 else "no"})
     return questions[:n], images
 
 
@@ -139,27 +141,27 @@ def main() -> None:
         from seed.adapters import load
 
         if args.model is None:
-            from seed.world import ensure_world
+            from seed.world import World
 
-            world = args.world or ensure_world()
-            model, qfile, folder = str(world / "model"), world / "pope" / "random.jsonl", world / "heldout" / "images"
+            world = World(args.world) if args.world else World.default()
+            model, qfile, folder = str(world.model), world.pope_questions.format(split="random"), world.images(world.eval_split)
         else:
             if args.images is None:
                 ap.error("--model needs --images")
             model, qfile, folder = args.model, args.questions, args.images
-        questions = P.load_questions(qfile).questions[: args.num_questions]
-        R.check_images(folder, [q["image"] for q in questions])
+        questions = pope.load_questions(qfile).questions[: args.num_questions]
+        check_images(folder, [q["image"] for q in questions])
         vlm = load(model, device=args.device, dtype=args.dtype)
-        cache = {name: R.open_image(folder / name) for name in dict.fromkeys(q["image"] for q in questions)}
+        cache = {name: open_image(folder / name) for name in dict.fromkeys(q["image"] for q in questions)}
         images = [cache[q["image"]] for q in questions]
-    prompts = [R.pope_prompt(q["text"], "greedy") for q in questions]
+    prompts = [pope.pope_prompt(q["text"], "greedy") for q in questions]
     keys = [q["image"] for q in questions]
     device = str(vlm.device)
     print(f"{vlm!r}\n{len(questions)} questions over {len(set(keys))} images, max_new_tokens {args.max_new_tokens}")
 
     # Warm-up (kernels, allocator) outside the timings.
     vlm.generate(images[:1], prompts[:1], max_new_tokens=2)
-    R.answer_yes_no(vlm, images[:2], prompts[:2], image_keys=keys[:2], batch_size=2, max_new_tokens=2)
+    answer_yes_no(vlm, images[:2], prompts[:2], image_keys=keys[:2], batch_size=2, max_new_tokens=2)
 
     _sync(device)
     start = time.perf_counter()
@@ -168,14 +170,14 @@ def main() -> None:
     t_ref = time.perf_counter() - start
 
     start = time.perf_counter()
-    fast, settled = R.answer_yes_no(
+    fast, settled = answer_yes_no(
         vlm, images, prompts, image_keys=keys, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
     )
     _sync(device)
     t_fast = time.perf_counter() - start
 
     n = len(questions)
-    parsed = sum(P.parse_answer(a) == P.parse_answer(b) for a, b in zip(reference, fast))
+    parsed = sum(pope.parse_answer(a) == pope.parse_answer(b) for a, b in zip(reference, fast))
     exact = sum(a == b for a, b in zip(reference, fast))
     print(f"reference (one at a time, generate): {n / t_ref:8.1f} questions/s ({t_ref:.1f} s)")
     print(f"fast path (batch {args.batch_size}):              {n / t_fast:8.1f} questions/s ({t_fast:.1f} s)")
@@ -183,7 +185,7 @@ def main() -> None:
     print(f"settled by one forward: {sum(settled)}/{n}; generated: {n - sum(settled)}")
     print(f"agreement: parsed {parsed}/{n} ({100 * parsed / n:.2f} %), exact text {exact}/{n} ({100 * exact / n:.2f} %)")
     for a, b, q in zip(reference, fast, questions):
-        if P.parse_answer(a) != P.parse_answer(b):
+        if pope.parse_answer(a) != pope.parse_answer(b):
             print(f"  differs on question {q['question_id']}: reference {a!r}, fast {b!r}")
 
 

@@ -18,9 +18,12 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from seed.evaluation.runner import ModelSpec, evaluate_chair_model, evaluate_pope
+from seed.adapters import load
+from seed.config import ChairConfig, PopeConfig
+from seed.evaluation.chair import evaluate_chair_model
+from seed.evaluation.pope import SPLITS, evaluate_pope
 from seed.io import write_json
-from seed.world import build_world
+from seed.world import World, build_world
 from seed.world.scenes import absent_partners
 
 
@@ -51,15 +54,14 @@ def naming_rates(chair: dict) -> tuple[float, float]:
 
 
 def report(seed: int, bias: bool) -> dict:
-    world = build_world(seed=seed, bias=bias)
-    spec = ModelSpec(model=str(world / "model"), device="cpu")
-    vlm = spec.load()
-    splits = {s: world / "pope" / f"{s}.jsonl" for s in ("random", "popular", "adversarial")}
-    pope = {s: evaluate_pope([s], spec, images=world / "heldout" / "images", questions=q, vlm=vlm)["metrics"] for s, q in splits.items()}
-    chair = evaluate_chair_model(spec, images=world / "heldout" / "images", annotations=world / "heldout" / "annotations" / "instances.json", vlm=vlm)
+    world = World(build_world(seed=seed, bias=bias))
+    vlm = load(str(world.model), device="cpu")
+    images = str(world.images(world.eval_split))
+    pope = {s: evaluate_pope(vlm, PopeConfig(splits=(s,), images=images, questions=world.pope_questions))["metrics"] for s in SPLITS}
+    chair = evaluate_chair_model(vlm, ChairConfig(images=images, annotations=str(world.annotations(world.eval_split))))
     return {
-        "world": str(world),
-        "build_seconds": json.loads((world / "world.json").read_text())["build_seconds"],
+        "world": str(world.root),
+        "build_seconds": json.loads((world.root / "world.json").read_text())["build_seconds"],
         "pope": pope,
         "chair": chair["metrics"],
         "absent_partner_captions": partner_rate(chair),

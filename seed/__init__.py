@@ -3,14 +3,21 @@
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """Lazy access, so that ``import seed`` stays light: ``seed.load(model, adapter=...)``
-    (:func:`seed.adapters.load`) and the pipeline modules ``seed.purify``, ``seed.distill``,
-    ``seed.evolve``."""
-    if name == "load":
-        from seed.adapters import load
+def load(model: str | None = None, **options):
+    """:func:`seed.adapters.load`, with ``model`` None meaning the embedded world's model
+    (built on first use)."""
+    from seed.adapters import load as load_model
 
-        return load
+    if model is None:
+        from seed.world import World
+
+        model = str(World.default().model)
+    return load_model(model, **options)
+
+
+def __getattr__(name: str):
+    """Lazy access to the pipeline modules ``seed.purify``, ``seed.distill``, ``seed.evolve``, so
+    that ``import seed`` stays light."""
     if name in ("purify", "distill", "evolve"):
         import importlib
 

@@ -1,24 +1,20 @@
 """Identify: per-object hallucination evidence from the model's own signals (method.md §2).
 
-Every signal ends as a score h ∈ [0, 1] per (image, object category): 1 = hallucinated.
-Token-level stages (isolate, purge) then flag the candidate tokens that name a flagged object
-(or answer "Yes" to a question about one).
+Every signal ends as a score h ∈ [0, 1] per (image, object category): 1 = hallucinated; the
+selected signals combine as a product of experts (:func:`combine`). Signals (``--identify``):
 
-Signals (``--identify``):
-- ``contrast``: grounding contrast log p(y | v) − log p(y | ṽ) of the mention's first token;
-- ``uncertainty``: −log p of the emitted mention token;
 - ``self-probe``: 1 − P(yes) when the model is asked "Is there a {object} in the image?";
 - ``consistency``: how rarely the object comes up in S sampled captions of the image, as the
-  posterior (S − k + ½)/(S + 1) after k mentions. The model's generative knowledge checks its
-  discriminative answers, and its errors there are partly independent of the probe's;
-- ``evidence``: shared evidence. Grey out each cell of a grid over the image, re-ask the
-  self-probe, and read where each object's "yes" comes from. A co-occurrence hallucination
-  ("fork" next to a visible knife) draws its evidence from the region of *another* object the
-  model sees; a real object has evidence of its own;
+  posterior (S − k + ½)/(S + 1) after k mentions: the model's generative knowledge checks its
+  discriminative answers;
 - ``lens``: what the image tokens themselves show. Each projected image token is read as a word
   (cosine softmax over the input embedding matrix, temperature T); h = 1 − max over tokens of
-  the object word's probability. It never passes through the language model, so the
-  co-occurrence prior the LM learned from its text cannot vote;
+  the object word's probability. It bypasses the language model and its co-occurrence prior;
+- ``evidence``: shared evidence. Grey out each cell of a grid over the image, re-ask the
+  self-probe, and read where each object's "yes" comes from: a co-occurrence hallucination
+  draws its evidence from the region of *another* object the model sees;
+- ``contrast``: grounding contrast log p(y | v) − log p(y | ṽ) of the mention's first token;
+- ``uncertainty``: 1 − p of the emitted mention token;
 - ``oracle``: the category is absent from the image's annotations (ablation only).
 """
 
@@ -27,16 +23,57 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
 
+from seed.config import SIGNALS, IdentifyConfig
+from seed.errors import SeedError
+from seed.isolate import answer_token_ids, category_tokens, split_claims
 from seed.lexicon import ObjectLexicon
+from seed.prompts import CAPTION_PROMPT, probe_question
 
-SIGNALS = ("self-probe", "consistency", "lens", "evidence", "contrast", "uncertainty", "oracle")
-PROBE_SUFFIX = "\nAnswer the question using a single word or phrase."
+__all__ = ["SIGNALS", "IdentifyConfig", "identify_images"]
 
 
-def probe_question(category: str) -> str:
-    return f"Is there {'an' if category[0] in 'aeiou' else 'a'} {category} in the image?" + PROBE_SUFFIX
+# --------------------------------------------------------------------------- raw signals → h
+def grounding_contrast(logp_image: Tensor, logp_null: Tensor, topk_ids: Tensor | None = None) -> Tensor:
+    """Grounding contrast g(y) = log p(y | v) − log p(y | ṽ) per candidate.
+
+    Low (≤ 0) g means the candidate is as likely without the image: language-prior driven.
+
+    Args:
+        logp_image: with ``topk_ids``, full-vocabulary logits or log-probs ``[..., V]`` of the
+            teacher with the real image; without, log-probs already gathered ``[..., K]``.
+        logp_null: the same with the null image ṽ.
+        topk_ids: optional ``[..., K]`` long candidate ids. When given, both inputs are
+            normalised with ``log_softmax`` (a no-op on log-probs) and gathered at them.
+
+    Returns:
+        ``[..., K]`` fp32 contrast.
+    """
+    logp_image, logp_null = logp_image.float(), logp_null.float()
+    if topk_ids is not None:
+        logp_image = F.log_softmax(logp_image, dim=-1).gather(-1, topk_ids)
+        logp_null = F.log_softmax(logp_null, dim=-1).gather(-1, topk_ids)
+    return logp_image - logp_null
+
+
+def uncertainty(logp_emitted: Tensor) -> Tensor:
+    """Surprisal −log p_t(y_t) of the emitted token; ``[...]`` log-probs → ``[...]`` fp32."""
+    return -logp_emitted.float()
+
+
+def to_unit(scores: Tensor, *, offset: float = 0.0, scale: float = 1.0) -> Tensor:
+    """Map a raw signal to a hallucination score h = σ((s − offset) / scale) ∈ [0, 1].
+
+    Higher ``scores`` must mean "more likely hallucinated": pass ``-g`` for the grounding
+    contrast, the surprisal as is. ``h = 0.5`` exactly at ``offset``; ``scale > 0`` sets how
+    many units of the signal move h from 0.5 to σ(1) ≈ 0.73.
+    """
+    if not scale > 0:
+        raise SeedError(f"to_unit needs scale > 0, got {scale}")
+    return torch.sigmoid((scores.float() - offset) / scale)
 
 
 @dataclass
@@ -58,16 +95,6 @@ def find_mentions(tokenizer, response_ids: list[int], lexicon: ObjectLexicon) ->
         token = next(i for i, end in enumerate(ends) if end > m.start)
         out.append(TokenMention(m.category, m.surface, token))
     return out
-
-
-def answer_token_ids(vlm) -> tuple[int, int]:
-    """The first response token of " Yes" and of " No", as ``vlm.encode`` tokenises responses."""
-    batch = vlm.encode(None, ["?", "?"], ["Yes", "No"])
-    ids = [row[mask][0].item() for row, mask in zip(batch["input_ids"], batch["response_mask"])]
-    # The separator may be its own token; skip it when it is shared by both answers.
-    if ids[0] == ids[1]:
-        ids = [row[mask][1].item() for row, mask in zip(batch["input_ids"], batch["response_mask"])]
-    return ids[0], ids[1]
 
 
 @torch.no_grad()
@@ -129,7 +156,7 @@ def region_evidence(
 
     Returns ``(margin [C], evidence [C, grid*grid])`` with evidence ≥ 0.
     """
-    colour = tuple(round(255 * m) for m in vlm.processor.image_processor.image_mean)
+    colour = tuple(round(255 * m) for m in vlm.image_mean)
     masked = [mask_cell(image, r, c, grid, colour) for r in range(grid) for c in range(grid)]
     views = [image, *masked]
     pairs = [(v, c) for v in views for c in categories]
@@ -151,3 +178,142 @@ def shared_evidence_scores(margin: torch.Tensor, evidence: torch.Tensor) -> torc
     overlap = torch.where(stronger, overlap, torch.zeros_like(overlap))
     overlap.fill_diagonal_(0)
     return overlap.max(-1).values if len(margin) else margin
+
+
+# --------------------------------------------------------------------------- one batch of images
+def category_scores(
+    vlm,
+    images: list[Image.Image],
+    captions: list[str],
+    asked: list[list[str]],
+    margins: list[dict[str, float]],
+    config: IdentifyConfig,
+    lexicon: ObjectLexicon,
+    token_map: dict[int, str],
+    truth: list[set[str]] | None,
+    max_new_tokens: int,
+) -> list[dict[str, float]]:
+    """h(c) ∈ [0, 1] per image and category: the selected signals as a product of experts.
+
+    Self-probe, consistency, lens and oracle score every category of the pool (so a repair cannot swap
+    a flagged object for another doubtful one); shared evidence, the costly signal, scores the
+    categories in ``asked``; contrast and uncertainty score the objects the caption names, at the
+    first token of each mention (the most doubtful mention counts).
+    """
+    if "oracle" in config.signals and truth is None:
+        raise SeedError("--identify oracle needs --annotations for the purification images")
+    n = len(images)
+    pools = [list(m) for m in margins]
+    per_image: list[list[dict[str, float]]] = [[] for _ in range(n)]
+    if "self-probe" in config.signals:
+        for i in range(n):
+            h = to_unit(-torch.tensor(list(margins[i].values())), offset=-config.probe_offset, scale=config.probe_scale)
+            per_image[i].append(dict(zip(margins[i], h.tolist())))
+    if "consistency" in config.signals:
+        for i, scores in enumerate(_consistency(vlm, images, pools, config.samples, lexicon, max_new_tokens)):
+            per_image[i].append(scores)
+    if "lens" in config.signals:
+        words = {c: ids for c, ids in category_tokens(token_map).items() if c in (pools[0] if n else ())}
+        for i, scores in enumerate(lens_scores(vlm, images, words, config.lens_temperature)):
+            per_image[i].append(scores)
+    if "oracle" in config.signals:
+        for i in range(n):
+            per_image[i].append({c: float(c not in truth[i]) for c in pools[i]})
+    if "evidence" in config.signals:
+        for i in range(n):
+            if asked[i]:
+                base, evidence = region_evidence(vlm, images[i], asked[i])
+                per_image[i].append(dict(zip(asked[i], shared_evidence_scores(base, evidence).tolist())))
+    token_signals = [s for s in ("contrast", "uncertainty") if s in config.signals]
+    if token_signals:
+        for i, scores in enumerate(_mention_scores(vlm, images, captions, token_signals, config, lexicon)):
+            per_image[i].extend(scores)
+    return [combine(signals) for signals in per_image]
+
+
+def _consistency(vlm, images, pools: list[list[str]], samples: int, lexicon: ObjectLexicon, max_new_tokens: int) -> list[dict[str, float]]:
+    """The consistency signal of each image over its pool, from ``samples`` sampled captions each."""
+    sampled: list[list[set[str]]] = [[] for _ in images]
+    for _ in range(samples):
+        texts = vlm.generate(images, [CAPTION_PROMPT] * len(images), max_new_tokens=max_new_tokens, do_sample=True)
+        for i, text in enumerate(texts):
+            sampled[i].append({m.category for m in lexicon.find(text)})
+    return [consistency_scores(sampled[i], samples, pools[i]) for i in range(len(images))]
+
+
+def _mention_scores(vlm, images, captions, signals, config, lexicon) -> list[list[dict[str, float]]]:
+    """Per image, one {category: h} per token signal over the caption's mentions.
+
+    contrast: h = σ(−g) with g = log p(y | v) − log p(y | ṽ); uncertainty: h = 1 − p(y).
+    """
+    prompts = [CAPTION_PROMPT] * len(images)
+    logits, ids, mask = vlm.response_logits(images, prompts, captions)
+    logp = logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+    g = None
+    if "contrast" in signals:
+        null = vlm.response_logits(images, prompts, captions, null_image=config.null_image)[0]
+        g = grounding_contrast(logp, null.log_softmax(-1).gather(-1, ids[..., None])[..., 0])
+    out = []
+    for b in range(len(images)):
+        found: dict[str, dict[str, float]] = {s: {} for s in signals}
+        for m in find_mentions(vlm.tokenizer, ids[b][mask[b]].tolist(), lexicon):
+            if g is not None:
+                found["contrast"][m.category] = max(found["contrast"].get(m.category, 0.0), to_unit(-g[b, m.token]).item())
+            if "uncertainty" in found:
+                found["uncertainty"][m.category] = max(found["uncertainty"].get(m.category, 0.0), 1 - logp[b, m.token].exp().item())
+        out.append([found[s] for s in signals])
+    return out
+
+
+@dataclass
+class Identification:
+    """What the teacher says about a batch of images before anything is purged."""
+
+    captions: list[str]  # greedy
+    margins: list[dict[str, float]]  # self-probe yes-margin per pool category
+    asked: list[list[str]]  # the categories the purification questions are about (balanced yes/no)
+    scores: list[dict[str, float]]  # h(c)
+
+
+@torch.no_grad()
+def identify_images(
+    vlm,
+    images: list[Image.Image],
+    captions: list[str],
+    config: IdentifyConfig,
+    lexicon: ObjectLexicon,
+    token_map: dict[int, str],
+    truth: list[set[str]] | None = None,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 48,
+) -> Identification:
+    """Probe and score a batch of captioned images (method.md §2); ``batch_size`` × 4 probes per forward."""
+    pool = list(config.categories or sorted(set(token_map.values())))
+    n = len(images)
+    flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], batch_size * 4)
+    margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
+    # The costly evidence signal scores what the caption names and what the model most wants to affirm.
+    mentioned = [sorted({m.category for m in lexicon.find(c)} & set(pool)) for c in captions]
+    candidates = []
+    for i in range(n):
+        rest = sorted((c for c in pool if c not in mentioned[i]), key=lambda c: -margins[i][c])
+        candidates.append((mentioned[i] + rest)[: max(config.questions_per_image, len(mentioned[i]))])
+    scores = category_scores(vlm, images, captions, candidates, margins, config, lexicon, token_map, truth, max_new_tokens)
+    asked = [balanced_questions(scores[i], margins[i], config.tau, config.questions_per_image) for i in range(n)]
+    return Identification(captions, margins, asked, scores)
+
+
+def balanced_questions(scores: dict[str, float], margins: dict[str, float], tau: float, limit: int) -> list[str]:
+    """The categories of the pool (``margins``) to ask about: as many flagged as affirmed, POPE-style.
+
+    Affirmed ones (h < 1 − τ) least-confident first, up to ``limit // 2``, and as many flagged
+    ones (h > τ, at least one), the ones the model most wants to affirm first: the hard negatives.
+    Far more "no" than "yes" targets would teach the student to answer "no" across the board.
+    """
+    flagged, affirmed = (sorted(c for c in claims if c in margins) for claims in split_claims(scores, tau))  # the pool only
+    yes = sorted(affirmed, key=lambda c: margins[c])[: limit // 2]
+    no = sorted(flagged, key=lambda c: -margins[c])[: max(len(yes), 1)]
+    return yes + no
+
+

@@ -1,16 +1,26 @@
-"""Small shared helpers: atomic writes, JSON Lines, hashes, library versions, devices."""
+"""Files: atomic writes (files and folders), JSON(L), COCO objects per image, images, hashes,
+library versions, devices."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
+
+from PIL import Image
 
 from seed.errors import SeedError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -69,11 +79,32 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
             yield record
 
 
+def write_dir_atomically(out: str | Path, write: Callable[[Path], Any], *, marker: str) -> None:
+    """Run ``write(tmp)`` on a fresh sibling folder, then swap it in for ``out``.
+
+    An existing ``out`` is replaced only if it holds ``marker`` (i.e. is a previous output of the
+    same kind) or is empty, so an unrelated folder is never deleted.
+    """
+    out = Path(out)
+    if out.exists() and not (out / marker).is_file() and any(out.iterdir()):
+        raise SeedError(f"{out} exists and is not a previous export; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def load_coco(annotations: str | Path | dict):
     """A pycocotools ``COCO`` index over an instances file (or its dict), and a name for errors."""
-    import contextlib
-    import io
-
     from pycocotools.coco import COCO
 
     data = annotations if isinstance(annotations, dict) else read_json(annotations)
@@ -88,6 +119,13 @@ def load_coco(annotations: str | Path | dict):
     except (KeyError, TypeError) as e:
         raise SeedError(f"{where}: not a COCO instances file (bad record: {e})") from None
     return coco, where
+
+
+def objects_by_file(annotations: str | Path | dict) -> dict[str, set[str]]:
+    """The annotated category names of every image of a COCO instances file, by ``file_name``."""
+    coco, _ = load_coco(annotations)
+    names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+    return {img["file_name"]: {names[a["category_id"]] for a in coco.imgToAnns.get(i, [])} for i, img in coco.imgs.items()}
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -150,3 +188,73 @@ def resolve_device(device: str = "auto") -> str:
     if device != "cpu" and not device.startswith("cuda"):
         raise SeedError(f"--device must be auto, cpu or cuda, not {device!r}")
     return device
+
+
+# --------------------------------------------------------------------------- images
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files of a folder (by suffix), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SeedError(f"{folder}: no such folder")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """An RGB image; a missing or unreadable file is a one-line SeedError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SeedError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise SeedError(f"{path}: cannot read the image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def check_images(folder: str | Path, names: Sequence[str | None]) -> None:
+    """Refuse (before any model is loaded) a missing folder, a missing name, or a file PIL cannot identify."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SeedError(f"--images {folder}: no such folder")
+    for name in dict.fromkeys(names):
+        if not name:
+            raise SeedError("a question has no image file name")
+        path = folder / name
+        if not path.is_file():
+            raise SeedError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise SeedError(f"{path}: cannot read the image ({type(e).__name__})") from None
+
+
+class LazyImages(Sequence):
+    """Images of a folder by file name, opened on access and the last few kept."""
+
+    def __init__(self, folder: str | Path, names: Sequence[str]):
+        self.folder, self.names = Path(folder), list(names)
+        self._open = functools.lru_cache(maxsize=64)(lambda name: open_image(self.folder / name))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._open(self.names[i])
+
+
+class Subset(Sequence):
+    """``items[index[0]], items[index[1]], ...`` without reading them all (lazy images stay lazy)."""
+
+    def __init__(self, items: Sequence, index: Sequence[int]):
+        self.items, self.index = items, list(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.items[j] for j in self.index[i]]
+        return self.items[self.index[i]]

@@ -36,151 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seed.errors import SeedError
-
-# COCO's 80 instance categories, in the order of their category ids.
-COCO_CATEGORIES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
-    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
-    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
-    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
-    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
-    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
-    "toothbrush",
-)
-
-# Other names for each category (written in the singular; plurals are derived).
-SYNONYMS: dict[str, tuple[str, ...]] = {
-    "person": (
-        "people", "man", "woman", "boy", "girl", "child", "kid", "baby", "toddler", "infant",
-        "guy", "lady", "gentleman", "teenager", "teen", "adult", "pedestrian", "crowd",
-        "player", "skier", "snowboarder", "surfer", "skateboarder", "biker", "cyclist",
-        "rider", "driver", "passenger", "batter", "catcher", "umpire",
-        "spectator", "tourist", "worker", "chef", "officer", "policeman", "soldier",
-        "student", "customer", "vendor", "farmer", "fisherman", "athlete", "groom", "bride",
-    ),
-    "bicycle": ("bike", "mountain bike", "tandem bicycle"),
-    "car": ("automobile", "sedan", "suv", "taxi", "cab", "jeep", "van", "minivan",
-            "police car", "sports car", "race car", "hatchback"),
-    "motorcycle": ("motorbike", "motor bike", "motor cycle", "dirt bike", "scooter", "moped"),
-    "airplane": ("plane", "aeroplane", "airliner", "jetliner", "jet", "aircraft",
-                 "passenger jet", "jumbo jet"),
-    "bus": ("school bus", "double decker", "double decker bus", "trolley bus", "minibus"),
-    "train": ("locomotive", "tram", "streetcar", "subway train", "train car",
-              "passenger train", "freight train"),
-    "truck": ("lorry", "pickup", "pickup truck", "fire truck", "firetruck", "dump truck",
-              "tow truck", "semi truck", "truck bed"),
-    "boat": ("ship", "yacht", "sailboat", "canoe", "kayak", "ferry", "raft", "dinghy",
-             "rowboat", "row boat", "motorboat", "speedboat", "gondola", "tugboat", "jet ski"),
-    "traffic light": ("traffic signal", "stop light", "stoplight", "traffic lamp"),
-    "fire hydrant": ("hydrant",),
-    "stop sign": (),
-    "parking meter": (),
-    "bench": ("park bench", "pew"),
-    "bird": ("pigeon", "dove", "seagull", "gull", "duck", "goose", "swan", "parrot", "eagle",
-             "hawk", "owl", "sparrow", "crow", "pelican", "penguin", "chicken", "hen",
-             "rooster", "flamingo", "heron", "robin", "finch", "ostrich"),
-    "cat": ("kitten", "kitty", "feline", "tabby"),
-    "dog": ("puppy", "pup", "doggy", "doggie", "hound", "canine", "terrier", "poodle",
-            "labrador", "retriever", "bulldog", "sheepdog", "sheep dog", "dalmatian",
-            "chihuahua", "beagle", "collie"),
-    "horse": ("pony", "foal", "stallion", "mare", "colt"),
-    "sheep": ("lamb", "ram", "ewe"),
-    "cow": ("cattle", "bull", "calf", "ox", "heifer"),
-    "elephant": (),
-    "bear": ("polar bear", "grizzly", "grizzly bear", "brown bear", "black bear"),
-    "zebra": (),
-    "giraffe": (),
-    "backpack": ("back pack", "rucksack", "knapsack"),
-    "umbrella": ("parasol",),
-    "handbag": ("purse", "hand bag", "pocketbook"),
-    "tie": ("necktie", "bow tie"),
-    "suitcase": ("luggage", "suit case"),
-    "frisbee": ("flying disc",),
-    "skis": ("ski",),
-    "snowboard": ("snow board",),
-    "sports ball": ("ball", "soccer ball", "tennis ball", "beach ball", "golf ball"),
-    "kite": (),
-    "baseball bat": ("bat",),
-    "baseball glove": ("glove", "mitt", "baseball mitt"),
-    "skateboard": ("skate board", "longboard"),
-    "surfboard": ("surf board", "paddleboard", "paddle board", "bodyboard",
-                  "boogie board"),
-    "tennis racket": ("racket", "racquet", "tennis racquet"),
-    "bottle": ("water bottle", "wine bottle", "beer bottle"),
-    "wine glass": ("wineglass", "goblet"),
-    "cup": ("mug", "teacup", "tea cup", "coffee cup", "paper cup"),
-    "fork": (),
-    "knife": (),
-    "spoon": (),
-    "bowl": (),
-    "banana": (),
-    "apple": (),
-    "sandwich": ("sub", "burger", "hamburger", "cheeseburger", "panini"),
-    "orange": ("tangerine", "mandarin orange", "clementine"),
-    "broccoli": (),
-    "carrot": (),
-    "hot dog": ("hotdog", "frankfurter"),
-    "pizza": (),
-    "donut": ("doughnut",),
-    "cake": ("cupcake", "cheesecake"),
-    "chair": ("armchair", "stool", "high chair", "highchair"),
-    "couch": ("sofa", "loveseat", "love seat", "futon", "settee"),
-    "potted plant": ("plant", "houseplant", "house plant", "flowerpot", "flower pot"),
-    "bed": ("bunk bed",),
-    "dining table": ("table", "kitchen table", "coffee table", "picnic table",
-                     "tablecloth"),
-    "toilet": ("urinal", "toilet seat"),
-    "tv": ("television", "monitor", "tv screen"),
-    "laptop": ("laptop computer",),
-    "mouse": ("computer mouse",),
-    "remote": ("remote control", "controller", "game controller"),
-    "keyboard": (),
-    "cell phone": ("cellphone", "phone", "mobile phone", "smartphone", "smart phone",
-                   "iphone", "telephone"),
-    "microwave": ("microwave oven",),
-    "oven": ("stove", "stovetop"),
-    "toaster": ("toaster oven",),
-    "sink": (),
-    "refrigerator": ("fridge", "freezer"),
-    "book": ("textbook", "cookbook"),
-    "clock": ("clock tower", "alarm clock"),
-    "vase": (),
-    "scissors": ("scissor",),
-    "teddy bear": ("teddy", "teddybear", "stuffed animal", "stuffed bear"),
-    "hair drier": ("hair dryer", "hairdryer", "blow dryer", "blow drier", "blowdryer"),
-    "toothbrush": ("tooth brush",),
-}
-
-# Phrases that contain an object word but do not assert the object.
-NON_OBJECT_PHRASES: tuple[str, ...] = (
-    "ski slope", "ski lift", "ski resort", "ski pole", "ski area", "ski run", "ski trail",
-    "bus stop", "bus station", "train station", "train track", "train platform",
-    "toilet paper", "flower bed", "river bed", "bed of", "bird eye view", "mouse pad",
-)
-
-IRREGULAR_PLURALS: dict[str, str] = {
-    "people": "person", "children": "child", "mice": "mouse", "geese": "goose",
-    "oxen": "ox", "teeth": "tooth", "feet": "foot", "knives": "knife", "calves": "calf",
-    "buses": "bus", "busses": "bus", "halves": "half", "shelves": "shelf",
-    "leaves": "leaf", "loaves": "loaf", "wolves": "wolf", "cacti": "cactus",
-}
-
-# Words after which a bare "orange" is still the fruit (anything else: the colour).
-_FUNCTION_WORDS = frozenset(
-    "a an the and or but nor of on in at to by for from with without into onto near next "
-    "beside besides behind under over above below between among along across against "
-    "around inside outside atop is are was were be been being sits sit sitting lies lie "
-    "lying rests rest resting stands standing placed that which who while as than there "
-    "here too also".split()
-)
-_COLOUR_WORDS = frozenset(
-    "red orange yellow green blue purple pink brown black white grey gray silver gold "
-    "golden beige tan navy teal maroon violet".split()
-)
+from seed.vocabulary import COCO_CATEGORIES, COLOUR_WORDS, FUNCTION_WORDS, IRREGULAR_PLURALS, NON_OBJECT_PHRASES, SYNONYMS
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
 _POSSESSIVE = re.compile(r"['’]s$", re.IGNORECASE)
@@ -255,14 +111,12 @@ class ObjectLexicon:
     # ------------------------------------------------------------------ building
     @classmethod
     def default(cls, extra: str | Path | Iterable[str] | None = None) -> ObjectLexicon:
-        """COCO's 80 categories with synonyms, the embedded world's classes, then ``extra``.
+        """COCO's 80 categories with synonyms (the embedded world's classes are COCO categories), then ``extra``.
 
         ``extra`` is a text file or a list of lines, each ``word`` (a new category of its
         own) or ``word: category`` (``category`` may be an existing category or synonym,
         else it becomes a new category). Blank lines and ``#`` comments are skipped.
         """
-        from seed.world.vocab import CLASS_NAMES
-
         names: dict[str, str | None] = {}
         for category in COCO_CATEGORIES:
             names[category] = category
@@ -271,7 +125,6 @@ class ObjectLexicon:
         for phrase in NON_OBJECT_PHRASES:
             names[phrase] = None
         lexicon = cls(names, COCO_CATEGORIES)
-        lexicon = lexicon.extended(n for n in CLASS_NAMES if lexicon.category_of(n) is None)
         if extra is not None:
             lexicon = lexicon.extended(_read_entries(extra))
         return lexicon
@@ -348,11 +201,11 @@ class ObjectLexicon:
         if words[i].norm == "orange":  # "oranges" is always the fruit
             if not following:
                 return False
-            if following[0] in _COLOUR_WORDS:
+            if following[0] in COLOUR_WORDS:
                 return True
             if following[0] in ("and", "or"):
-                return len(following) > 1 and following[1] in _COLOUR_WORDS
-            return following[0] not in _FUNCTION_WORDS
+                return len(following) > 1 and following[1] in COLOUR_WORDS
+            return following[0] not in FUNCTION_WORDS
         if "baby" in forms[i] and following:
             hit = self._match_at(text, words, forms, i + 1)
             return hit is not None and hit[1] is not None

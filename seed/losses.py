@@ -13,6 +13,8 @@ Conventions shared by all losses:
   (tokens the model can never emit) are allowed.
 - ``mask`` is a bool ``[B, T]`` of positions to train on. Targets at masked-out positions
   are never read for their values, so padding there may be anything (e.g. id ``-100``).
+- Every loss is called ``loss(student_logits, targets, mask, weights=None, **knobs)`` with
+  ``targets`` a :class:`~seed.targets.PurifiedTargets`; :func:`get_loss` binds the knobs.
 - Reduction is the weighted mean over masked positions, Σ w·L / Σ w with w = mask·weights;
   an all-masked batch gives 0 (with a gradient graph, so ``backward`` still works).
 - Top-K ids within a row must be distinct, except for entries with p̃ = 0: those are
@@ -21,36 +23,20 @@ Conventions shared by all losses:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
+from seed.config import DEFAULT_EPS
 from seed.errors import SeedError
+from seed.targets import PurifiedTargets
 
-DEFAULT_EPS = 1e-8
-"""Floor for p̃ in the reverse KL. Keep ``V·eps ≪ 1``: see :func:`reverse_kl`."""
-
-
-@dataclass(frozen=True)
-class PurifiedTargets:
-    """One batch of stored purified targets.
-
-    Attributes:
-        token_ids: ``[B, T]`` long, the repaired response tokens (hard labels for SFT).
-        topk_ids: ``[B, T, K]`` long, the teacher's top-K candidate ids per position.
-        topk_probs: ``[B, T, K]`` float, purified probabilities p̃ over ``topk_ids``.
-    """
-
-    token_ids: Tensor
-    topk_ids: Tensor
-    topk_probs: Tensor
-
-    def to(self, device: torch.device | str) -> "PurifiedTargets":
-        return PurifiedTargets(self.token_ids.to(device), self.topk_ids.to(device), self.topk_probs.to(device))
 
 
 def _student_log_probs(student_logits: Tensor) -> Tensor:
@@ -81,11 +67,12 @@ def _weighted_mean(per_position: Tensor, mask: Tensor, weights: Tensor | None) -
 
 def reverse_kl(
     student_logits: Tensor,
-    topk_ids: Tensor,
-    topk_probs: Tensor,
+    targets: PurifiedTargets,
     mask: Tensor,
-    eps: float = DEFAULT_EPS,
     weights: Tensor | None = None,
+    *,
+    eps: float = DEFAULT_EPS,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Mode-seeking reverse KL, KL(q ‖ max(p̃, ε)), over the full vocabulary (the default).
 
@@ -98,54 +85,67 @@ def reverse_kl(
 
     Args:
         student_logits: ``[B, T, V]`` any float dtype.
-        topk_ids: ``[B, T, K]`` long.
-        topk_probs: ``[B, T, K]`` purified p̃ (zeros allowed).
+        targets: ``topk_ids`` ``[B, T, K]`` long and ``topk_probs`` ``[B, T, K]`` purified p̃ (zeros allowed).
         mask: ``[B, T]`` bool, positions to train.
-        eps: floor ε > 0 for p̃.
         weights: optional ``[B, T]`` per-position weights.
+        eps: floor ε > 0 for p̃.
+        chunk_size: upcast and reduce this many time steps at a time, recomputing them in the
+            backward pass (activation checkpointing): peak memory holds one chunk's fp32
+            ``[B, chunk, V]`` instead of the whole ``[B, T, V]`` (7B-scale vocabularies). Same value.
 
     Returns:
         Scalar fp32 loss.
     """
     if not eps > 0:
         raise SeedError(f"reverse KL needs eps > 0, got {eps}")
+    ids, probs = targets.topk_ids, targets.topk_probs
+    if chunk_size is None:
+        per_position = _reverse_kl_per_position(student_logits, ids, probs, mask, eps)
+    else:
+        if chunk_size < 1:
+            raise SeedError(f"reverse KL chunk size must be at least 1, got {chunk_size}")
+        chunks = [
+            checkpoint(_reverse_kl_per_position, student_logits[:, t : t + chunk_size], ids[:, t : t + chunk_size],
+                       probs[:, t : t + chunk_size], mask[:, t : t + chunk_size], eps, use_reentrant=False)
+            for t in range(0, student_logits.shape[1], chunk_size)
+        ]  # fmt: skip
+        per_position = torch.cat(chunks, dim=1)
+    return _weighted_mean(per_position, mask, weights)
+
+
+def _reverse_kl_per_position(student_logits: Tensor, topk_ids: Tensor, topk_probs: Tensor, mask: Tensor, eps: float) -> Tensor:
+    """``[B, T]`` reverse KL of each position (see :func:`reverse_kl`)."""
     logq, logq_support, p = _sparse_parts(student_logits, topk_ids, topk_probs, mask)
     neg_entropy = (logq.exp() * logq).sum(-1)
     log_eps = math.log(eps)
     in_support_gain = (logq_support.exp() * (p.clamp_min(eps).log() - log_eps)).sum(-1)
-    return _weighted_mean(neg_entropy - log_eps - in_support_gain, mask, weights)
+    return neg_entropy - log_eps - in_support_gain
 
 
-def forward_kl(
-    student_logits: Tensor,
-    topk_ids: Tensor,
-    topk_probs: Tensor,
-    mask: Tensor,
-    weights: Tensor | None = None,
-) -> Tensor:
+def forward_kl(student_logits: Tensor, targets: PurifiedTargets, mask: Tensor, weights: Tensor | None = None) -> Tensor:
     """Mass-covering forward KL, KL(p̃ ‖ q) = Σ_{y∈S} p̃(y) (log p̃(y) − log q(y)).
 
     Terms with p̃ = 0 contribute 0, so voids exert no pull either way.
 
     Args:
-        student_logits: ``[B, T, V]``; topk_ids: ``[B, T, K]`` long; topk_probs: ``[B, T, K]``;
-        mask: ``[B, T]`` bool; weights: optional ``[B, T]``.
+        student_logits: ``[B, T, V]``; targets: ``topk_ids`` ``[B, T, K]`` long, ``topk_probs``
+        ``[B, T, K]``; mask: ``[B, T]`` bool; weights: optional ``[B, T]``.
 
     Returns:
         Scalar fp32 loss.
     """
-    _, logq_support, p = _sparse_parts(student_logits, topk_ids, topk_probs, mask)
+    _, logq_support, p = _sparse_parts(student_logits, targets.topk_ids, targets.topk_probs, mask)
     per_position = (torch.xlogy(p, p) - p * logq_support).sum(-1)
     return _weighted_mean(per_position, mask, weights)
 
 
 def generalized_jsd(
     student_logits: Tensor,
-    topk_ids: Tensor,
-    topk_probs: Tensor,
+    targets: PurifiedTargets,
     mask: Tensor,
-    beta: float = 0.5,
     weights: Tensor | None = None,
+    *,
+    beta: float = 0.5,
     eps: float = DEFAULT_EPS,
 ) -> Tensor:
     """Generalized Jensen–Shannon divergence (TRL GKD convention).
@@ -159,8 +159,8 @@ def generalized_jsd(
     ``eps`` (= lim JSD_β/(1−β) up to the floor). ``eps`` is used only at β = 1.
 
     Args:
-        student_logits: ``[B, T, V]``; topk_ids: ``[B, T, K]`` long; topk_probs: ``[B, T, K]``;
-        mask: ``[B, T]`` bool; beta: mixture weight of the target; weights: optional ``[B, T]``.
+        student_logits: ``[B, T, V]``; targets: ``topk_ids``/``topk_probs`` ``[B, T, K]``;
+        mask: ``[B, T]`` bool; weights: optional ``[B, T]``; beta: mixture weight of the target.
 
     Returns:
         Scalar fp32 loss.
@@ -168,10 +168,10 @@ def generalized_jsd(
     if not 0.0 <= beta <= 1.0:
         raise SeedError(f"generalized JSD needs 0 <= beta <= 1, got {beta}")
     if beta == 0.0:
-        return forward_kl(student_logits, topk_ids, topk_probs, mask, weights=weights)
+        return forward_kl(student_logits, targets, mask, weights)
     if beta == 1.0:
-        return reverse_kl(student_logits, topk_ids, topk_probs, mask, eps=eps, weights=weights)
-    _, logq_s, p = _sparse_parts(student_logits, topk_ids, topk_probs, mask)
+        return reverse_kl(student_logits, targets, mask, weights, eps=eps)
+    _, logq_s, p = _sparse_parts(student_logits, targets.topk_ids, targets.topk_probs, mask)
     log_b, log_1mb = math.log(beta), math.log1p(-beta)
     logm_s = torch.logaddexp(p.log() + log_b, logq_s + log_1mb)
     kl_target = (torch.xlogy(p, p) - p * logm_s).sum(-1)
@@ -181,23 +181,18 @@ def generalized_jsd(
     return _weighted_mean(beta * kl_target + (1.0 - beta) * kl_student, mask, weights)
 
 
-def sft_loss(
-    student_logits: Tensor,
-    target_ids: Tensor,
-    mask: Tensor,
-    weights: Tensor | None = None,
-) -> Tensor:
+def sft_loss(student_logits: Tensor, targets: PurifiedTargets, mask: Tensor, weights: Tensor | None = None) -> Tensor:
     """Hard-label cross-entropy −log q(y_t) on the repaired tokens (plain SFT baseline).
 
     Args:
-        student_logits: ``[B, T, V]``; target_ids: ``[B, T]`` long (padding may be anything
-        where ``mask`` is False); mask: ``[B, T]`` bool; weights: optional ``[B, T]``.
+        student_logits: ``[B, T, V]``; targets: ``token_ids`` ``[B, T]`` long (padding may be
+        anything where ``mask`` is False); mask: ``[B, T]`` bool; weights: optional ``[B, T]``.
 
     Returns:
         Scalar fp32 loss.
     """
     logq = _student_log_probs(student_logits)
-    ids = torch.where(mask, target_ids, torch.zeros_like(target_ids))
+    ids = torch.where(mask, targets.token_ids, torch.zeros_like(targets.token_ids))
     nll = -logq.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return _weighted_mean(nll, mask, weights)
 
@@ -219,41 +214,18 @@ def site_weights(flags: Tensor, upweight: float) -> Tensor:
 
 
 LossFn = Callable[..., Tensor]
-"""``fn(student_logits, targets: PurifiedTargets, mask, weights=None, *, eps=..., beta=...)``."""
+"""``loss(student_logits, targets: PurifiedTargets, mask, weights=None)``."""
+
+LOSSES: dict[str, LossFn] = {"reverse-kl": reverse_kl, "forward-kl": forward_kl, "jsd": generalized_jsd, "sft": sft_loss}
+"""``--loss`` name → loss function (knobs unbound; :func:`get_loss` binds them)."""
 
 
-def _reverse_kl_entry(student_logits, targets, mask, weights=None, *, eps=DEFAULT_EPS, beta=0.5):
-    return reverse_kl(student_logits, targets.topk_ids, targets.topk_probs, mask, eps=eps, weights=weights)
-
-
-def _forward_kl_entry(student_logits, targets, mask, weights=None, *, eps=DEFAULT_EPS, beta=0.5):
-    return forward_kl(student_logits, targets.topk_ids, targets.topk_probs, mask, weights=weights)
-
-
-def _jsd_entry(student_logits, targets, mask, weights=None, *, eps=DEFAULT_EPS, beta=0.5):
-    return generalized_jsd(
-        student_logits, targets.topk_ids, targets.topk_probs, mask, beta=beta, weights=weights, eps=eps
-    )
-
-
-def _sft_entry(student_logits, targets, mask, weights=None, *, eps=DEFAULT_EPS, beta=0.5):
-    return sft_loss(student_logits, targets.token_ids, mask, weights=weights)
-
-
-LOSSES: dict[str, LossFn] = {
-    "reverse-kl": _reverse_kl_entry,
-    "forward-kl": _forward_kl_entry,
-    "jsd": _jsd_entry,
-    "sft": _sft_entry,
-}
-"""``--loss`` name → loss with one call signature for the trainer:
-``LOSSES[name](student_logits, targets, mask, weights=None, eps=..., beta=...)``.
-Every entry accepts both keywords and ignores the one it has no use for."""
-
-
-def get_loss(name: str) -> LossFn:
-    """The entry of :data:`LOSSES` for ``name``, or a :class:`SeedError` listing the choices."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise SeedError(f"--loss must be one of {', '.join(LOSSES)}, not {name!r}") from None
+def get_loss(name: str, **knobs) -> LossFn:
+    """``LOSSES[name]`` with the knobs it takes (``eps``, ``beta``, ``chunk_size``) bound as a
+    :func:`functools.partial`; knobs it has no use for are left out. Unknown names are a
+    :class:`SeedError` listing the choices."""
+    if name not in LOSSES:
+        raise SeedError(f"--loss must be one of {', '.join(LOSSES)}, not {name!r}")
+    fn = LOSSES[name]
+    accepted = inspect.signature(fn).parameters
+    return functools.partial(fn, **{k: v for k, v in knobs.items() if k in accepted})

@@ -1,4 +1,5 @@
-"""Identify → isolate → purge over plain tensors (method.md §2–4).
+"""Purge (method.md §4) over plain tensors: p̃ ∝ p · 1[y ∉ H_t], the repair rule, VCD's
+contrastive recombination, and purified decoding as a logits processor.
 
 Shapes use ``...`` for any leading batch dims: ``[B, T]`` for a stored response, ``[B]``
 for one decoding step. ``K`` is the stored top-K width, ``V`` the vocabulary.
@@ -11,78 +12,9 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from seed.errors import SeedError
-
-
-# --- §2 identify: raw signals -------------------------------------------------------------
-
-
-def grounding_contrast(logp_image: Tensor, logp_null: Tensor, topk_ids: Tensor | None = None) -> Tensor:
-    """Grounding contrast g(y) = log p(y | v) − log p(y | ṽ) per candidate.
-
-    Low (≤ 0) g means the candidate is as likely without the image: language-prior driven.
-
-    Args:
-        logp_image: with ``topk_ids``, full-vocabulary logits or log-probs ``[..., V]`` of the
-            teacher with the real image; without, log-probs already gathered ``[..., K]``.
-        logp_null: the same with the null image ṽ.
-        topk_ids: optional ``[..., K]`` long candidate ids. When given, both inputs are
-            normalised with ``log_softmax`` (a no-op on log-probs) and gathered at them.
-
-    Returns:
-        ``[..., K]`` fp32 contrast.
-    """
-    logp_image, logp_null = logp_image.float(), logp_null.float()
-    if topk_ids is not None:
-        logp_image = F.log_softmax(logp_image, dim=-1).gather(-1, topk_ids)
-        logp_null = F.log_softmax(logp_null, dim=-1).gather(-1, topk_ids)
-    return logp_image - logp_null
-
-
-def uncertainty(logp_emitted: Tensor) -> Tensor:
-    """Surprisal −log p_t(y_t) of the emitted token; ``[...]`` log-probs → ``[...]`` fp32."""
-    return -logp_emitted.float()
-
-
-def to_unit(scores: Tensor, *, offset: float = 0.0, scale: float = 1.0) -> Tensor:
-    """Map a raw signal to a hallucination score h = σ((s − offset) / scale) ∈ [0, 1].
-
-    Higher ``scores`` must mean "more likely hallucinated": pass ``-g`` for the grounding
-    contrast, the surprisal as is. ``h = 0.5`` exactly at ``offset``; ``scale > 0`` sets how
-    many units of the signal move h from 0.5 to σ(1) ≈ 0.73.
-    """
-    if not scale > 0:
-        raise SeedError(f"to_unit needs scale > 0, got {scale}")
-    return torch.sigmoid((scores.float() - offset) / scale)
-
-
-# --- §3 isolate ---------------------------------------------------------------------------
-
-
-def isolate(scores: Tensor, tau: float) -> Tensor:
-    """H_t = {y ∈ top-K : h_t(y) > τ}: ``[..., K]`` scores → ``[..., K]`` bool (NaN → False)."""
-    return scores > tau
-
-
-def hallucination_sites(topk_ids: Tensor, flagged: Tensor, emitted_ids: Tensor) -> Tensor:
-    """Positions whose emitted token is in H_t.
-
-    An emitted token outside the top-K (possible when sampling) has no candidate score and
-    is not a site.
-
-    Args:
-        topk_ids: ``[..., K]`` long; flagged: ``[..., K]`` bool; emitted_ids: ``[...]`` long.
-
-    Returns:
-        ``[...]`` bool.
-    """
-    return ((topk_ids == emitted_ids.unsqueeze(-1)) & flagged).any(-1)
-
-
-# --- §4 purge -----------------------------------------------------------------------------
 
 
 def effective_flags(topk_probs: Tensor, flagged: Tensor) -> Tensor:
@@ -112,7 +44,7 @@ def purge(topk_probs: Tensor, flagged: Tensor) -> Tensor:
 
     Args:
         topk_probs: ``[..., K]`` teacher probabilities at the top-K ids (need not sum to 1).
-        flagged: ``[..., K]`` bool, H_t from :func:`isolate`.
+        flagged: ``[..., K]`` bool, H_t from :func:`seed.isolate.isolate`.
 
     Returns:
         ``[..., K]`` fp32 purified probabilities, each row summing to 1 (rows of all zeros
@@ -160,7 +92,7 @@ def repair_tokens(emitted_ids: Tensor, topk_ids: Tensor, purified_probs: Tensor,
         emitted_ids: ``[...]`` long, the tokens the teacher emitted.
         topk_ids: ``[..., K]`` long.
         purified_probs: ``[..., K]`` p̃ from :func:`purge`.
-        sites: ``[...]`` bool from :func:`hallucination_sites`.
+        sites: ``[...]`` bool from :func:`seed.isolate.hallucination_sites`.
 
     Returns:
         ``[...]`` long repaired ids.

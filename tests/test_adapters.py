@@ -166,10 +166,12 @@ def test_save_and_load_round_trip(vlm, tiny_images, tmp_path):
 
 
 def test_default_model_is_the_embedded_world(tiny_llava_dir, monkeypatch):
+    import seed
     import seed.world
 
-    monkeypatch.setattr(seed.world, "default_model_dir", lambda: tiny_llava_dir)
-    assert load(device="cpu").name_or_path == str(tiny_llava_dir.resolve())
+    monkeypatch.setattr(seed.world, "ensure_world", lambda seed=0: tiny_llava_dir.parent)
+    monkeypatch.setattr(seed.world.World, "model", property(lambda world: tiny_llava_dir))
+    assert seed.load(device="cpu").name_or_path == str(tiny_llava_dir.resolve())
 
 
 def test_aliases():

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from seed.adapters import load
-from seed.distill import DistillConfig, distill
+from seed.config import DistillConfig, HEAConfig
+from seed.distill import distill
 from seed.errors import SeedError
 from seed.losses import LOSSES
 
@@ -74,7 +75,7 @@ def test_distill_lowers_the_loss_and_trains_only_lora(tiny_llava_dir, shards):
     vlm = load(str(tiny_llava_dir), device="cpu")
     before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
     records, tensors = read_fake_shards(shards)
-    config = DistillConfig(loss="reverse-kl", rank=4, alpha=8, lr=1e-2, batch_size=2, grad_accum=2, max_steps=25, captions="all")
+    config = DistillConfig(loss="reverse-kl", hea=HEAConfig(rank=4, alpha=8), lr=1e-2, batch_size=2, grad_accum=2, max_steps=25, captions="all")
     stats = distill(vlm, records, tensors, shards, config)
     assert stats["steps"] == 25 and stats["examples"] == 4 and stats["mixed_precision"] == "no"
     # A random tiny model's frozen LM head bounds how peaked its logits can get, so the floor is
@@ -93,7 +94,7 @@ def test_distill_lowers_the_loss_and_trains_only_lora(tiny_llava_dir, shards):
 def test_every_loss_trains(tiny_llava_dir, shards, loss):
     vlm = load(str(tiny_llava_dir), device="cpu")
     records, tensors = read_fake_shards(shards)
-    config = DistillConfig(loss=loss, rank=2, alpha=4, batch_size=4, max_steps=2, site_weight=3.0)
+    config = DistillConfig(loss=loss, hea=HEAConfig(rank=2, alpha=4), batch_size=4, max_steps=2, site_weight=3.0)
     stats = distill(vlm, records, tensors, shards, config)
     assert stats["steps"] == 2 and all(torch.isfinite(torch.tensor(stats["losses"])))
 
@@ -116,7 +117,7 @@ def test_a_different_tokenisation_is_refused(tiny_llava_dir, shards):
     records, tensors = read_fake_shards(shards)
     tensors["token_ids"][1, 0] = (tensors["token_ids"][1, 0] + 1) % 10
     with pytest.raises(SeedError, match="item 1: .*different tokenizer"):
-        distill(vlm, records, tensors, shards, DistillConfig(rank=2, alpha=4, batch_size=4, max_steps=1))
+        distill(vlm, records, tensors, shards, DistillConfig(hea=HEAConfig(rank=2, alpha=4), batch_size=4, max_steps=1))
 
 
 def test_bad_config_and_missing_items_are_refused(tiny_llava_dir, shards):
@@ -124,4 +125,4 @@ def test_bad_config_and_missing_items_are_refused(tiny_llava_dir, shards):
         DistillConfig(loss="kl")
     records, tensors = read_fake_shards(shards)
     with pytest.raises(SeedError, match="purified.jsonl does not list"):
-        distill(load(str(tiny_llava_dir), device="cpu"), records[:2], tensors, shards, DistillConfig(rank=2, alpha=4, max_steps=1))
+        distill(load(str(tiny_llava_dir), device="cpu"), records[:2], tensors, shards, DistillConfig(hea=HEAConfig(rank=2, alpha=4), max_steps=1))

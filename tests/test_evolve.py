@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import seed.evolve as E
-from seed.adapters import hea
+import seed.evolve as evolve
 from seed.errors import SeedError
-from seed.evaluation.runner import ModelSpec
+from seed.config import DistillConfig, HEAConfig, ModelSpec
 
 
 class Killed(Exception):
@@ -27,20 +26,20 @@ class Fakes:
         self.purified: list[int] = []
         self.evaluated: list[int] = []
 
-    def install(self, monkeypatch, data: E.Datasets) -> None:
-        monkeypatch.setattr(E, "resolve_datasets", lambda spec, config: data)
-        monkeypatch.setattr(ModelSpec, "load", lambda spec: self.loaded_adapters.append(spec.adapter) or object())
-        monkeypatch.setattr(E, "purify", self.purify)
-        monkeypatch.setattr(E, "load_shards", lambda out: ([{"item": 0, "response": "a", "repaired": "b"}], {}))
-        monkeypatch.setattr(E, "distill", self.distill)
-        monkeypatch.setattr(hea, "save_hea", self.save_hea)
-        monkeypatch.setattr(E, "evaluate", self.evaluate)
+    def install(self, monkeypatch, data: evolve.Datasets) -> None:
+        monkeypatch.setattr(evolve, "resolve_datasets", lambda spec, config: (spec, data))
+        monkeypatch.setattr(evolve, "load_spec", lambda spec: self.loaded_adapters.append(spec.adapter) or object())
+        monkeypatch.setattr(evolve, "purify", self.purify)
+        monkeypatch.setattr(evolve, "load_shards", lambda out: ([{"item": 0, "response": "a", "repaired": "b"}], {}))
+        monkeypatch.setattr(evolve, "distill", self.distill)
+        monkeypatch.setattr(evolve, "save_hea", self.save_hea)
+        monkeypatch.setattr(evolve, "evaluate", self.evaluate)
 
     @staticmethod
     def round_of(path: Path) -> int:
         return int(next(p for p in Path(path).parts[::-1] if p.startswith("round-")).removeprefix("round-"))
 
-    def purify(self, vlm, *, images, annotations, out, config):
+    def purify(self, vlm, *, images, annotations, out, adapter, config):
         self.purified.append(self.round_of(out))
         Path(out).mkdir(parents=True)
         (Path(out) / "purified.jsonl").write_text("{}\n")
@@ -66,8 +65,8 @@ class Fakes:
 
 
 @pytest.fixture
-def data(tmp_path) -> E.Datasets:
-    return E.Datasets(tmp_path / "purify", None, tmp_path / "heldout", tmp_path / "heldout.json", None)
+def data(tmp_path) -> evolve.Datasets:
+    return evolve.Datasets(tmp_path / "purify", None, tmp_path / "heldout", tmp_path / "heldout.json", None)
 
 
 def kept_round(out: Path) -> int:
@@ -80,14 +79,14 @@ def test_a_killed_run_resumes_at_the_missing_round(monkeypatch, data, tmp_path):
     first = Fakes(scores, kill_at_round=2)
     first.install(monkeypatch, data)
     with pytest.raises(Killed):
-        E.evolve(out=out, config=E.EvolveConfig(rounds=3))
+        evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=3))
     history = json.loads((out / "history.json").read_text())
     assert [e["round"] for e in history["rounds"]] == [0, 1] and kept_round(out) == 1
     assert (out / "round-2" / "purified").is_dir()  # half-done: no history entry
 
     second = Fakes(scores)
     second.install(monkeypatch, data)
-    history = E.evolve(out=out, config=E.EvolveConfig(rounds=3))
+    history = evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=3))
     assert second.purified == [2, 3] and second.evaluated == [2, 3]
     # Round 2 continues round 1's adapter, round 3 round 2's.
     assert second.loaded_adapters == [str(out / "round-1" / "adapter"), str(out / "round-2" / "adapter")]
@@ -96,7 +95,7 @@ def test_a_killed_run_resumes_at_the_missing_round(monkeypatch, data, tmp_path):
 
     third = Fakes(scores)
     third.install(monkeypatch, data)
-    E.evolve(out=out, config=E.EvolveConfig(rounds=3))
+    evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=3))
     assert third.purified == [] and third.evaluated == []
 
 
@@ -104,7 +103,7 @@ def test_stop_when_the_yes_ratio_leaves_the_window(monkeypatch, data, tmp_path):
     out = tmp_path / "run"
     fakes = Fakes({0: (0.80, 0.55), 1: (0.83, 0.50), 2: (0.90, 0.35), 3: (0.95, 0.30)})
     fakes.install(monkeypatch, data)
-    history = E.evolve(out=out, config=E.EvolveConfig(rounds=3))
+    history = evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=3))
     assert fakes.purified == [1, 2]
     assert "yes-ratio 0.350 moved away" in history["stopped"]
     # The higher F1 of round 2 comes from answering "no": round 1 is kept.
@@ -115,24 +114,24 @@ def test_stop_when_captions_lose_objects(monkeypatch, data, tmp_path):
     # Round 2 has the best F1 but names fewer than 90 % of the objects the base named.
     fakes = Fakes({0: (0.80, 0.5, 0.80), 1: (0.84, 0.5, 0.75), 2: (0.86, 0.5, 0.70), 3: (0.90, 0.5, 0.80)})
     fakes.install(monkeypatch, data)
-    history = E.evolve(out=tmp_path / "run", config=E.EvolveConfig(rounds=3))
+    history = evolve.evolve(out=tmp_path / "run", config=evolve.EvolveConfig(rounds=3))
     assert fakes.purified == [1, 2] and "recall fell below 90% of the base's (round 2)" in history["stopped"]
     assert history["best_round"] == 1 and kept_round(tmp_path / "run") == 1
     fakes = Fakes({0: (0.80, 0.5, 0.80), 1: (0.84, 0.5, 0.75), 2: (0.86, 0.5, 0.70)})
     fakes.install(monkeypatch, data)
-    history = E.evolve(out=tmp_path / "run2", config=E.EvolveConfig(rounds=2, min_recall=0.85))
+    history = evolve.evolve(out=tmp_path / "run2", config=evolve.EvolveConfig(rounds=2, min_recall=0.85))
     assert history["best_round"] == 2 and history["stopped"] is None
 
 
 def test_stop_when_f1_stops_improving(monkeypatch, data, tmp_path):
     fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.83, 0.5), 3: (0.90, 0.5)})
     fakes.install(monkeypatch, data)
-    history = E.evolve(out=tmp_path / "run", config=E.EvolveConfig(rounds=3))
+    history = evolve.evolve(out=tmp_path / "run", config=evolve.EvolveConfig(rounds=3))
     assert fakes.purified == [1, 2] and "has not improved on round 1" in history["stopped"]
     assert history["best_round"] == 1
     fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.83, 0.5), 3: (0.90, 0.5)})
     fakes.install(monkeypatch, data)
-    history = E.evolve(out=tmp_path / "run2", config=E.EvolveConfig(rounds=3, patience=2))
+    history = evolve.evolve(out=tmp_path / "run2", config=evolve.EvolveConfig(rounds=3, patience=2))
     assert fakes.purified == [1, 2, 3] and history["best_round"] == 3
 
 
@@ -140,27 +139,27 @@ def test_a_run_with_other_options_is_refused_but_rounds_may_grow(monkeypatch, da
     out = tmp_path / "run"
     fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.86, 0.5)})
     fakes.install(monkeypatch, data)
-    E.evolve(out=out, config=E.EvolveConfig(rounds=1))
-    with pytest.raises(SeedError, match="other options \\(loss\\)"):
-        E.evolve(out=out, config=E.EvolveConfig(rounds=1, loss="sft"))
-    history = E.evolve(out=out, config=E.EvolveConfig(rounds=2))
+    evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=1))
+    with pytest.raises(SeedError, match="other options \\(distill\\)"):
+        evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=1, distill=DistillConfig(loss="sft")))
+    history = evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=2))
     assert fakes.purified == [1, 2] and history["best_round"] == 2
 
 
 def test_purification_and_evaluation_images_never_overlap(tmp_path):
-    E.check_disjoint(["purify_000001.png"], ["heldout_000001.png"])
+    evolve.check_disjoint(["purify_000001.png"], ["heldout_000001.png"])
     with pytest.raises(SeedError, match="1 purification image"):
-        E.check_disjoint(["a.png", "b.png"], ["b.png", "c.png"])
+        evolve.check_disjoint(["a.png", "b.png"], ["b.png", "c.png"])
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "b.png").write_bytes(b"")
     annotations = tmp_path / "instances.json"
     annotations.write_text(json.dumps({"images": [{"id": 1, "file_name": "b.png"}], "annotations": [], "categories": []}))
-    config = E.EvolveConfig(images=str(folder), eval_images=str(folder), eval_annotations=str(annotations))
+    config = evolve.EvolveConfig(images=str(folder), eval_images=str(folder), eval_annotations=str(annotations))
     with pytest.raises(SeedError, match="also evaluation images"):
-        E.resolve_datasets(ModelSpec("some/model"), config)
+        evolve.resolve_datasets(ModelSpec("some/model"), config)
     with pytest.raises(SeedError, match="needs --images"):
-        E.resolve_datasets(ModelSpec("some/model"), E.EvolveConfig(eval_images=str(folder), eval_annotations=str(annotations)))
+        evolve.resolve_datasets(ModelSpec("some/model"), evolve.EvolveConfig(eval_images=str(folder), eval_annotations=str(annotations)))
 
 
 @pytest.mark.slow
@@ -168,25 +167,24 @@ def test_evolve_on_the_world(tmp_path):
     """One real round on the embedded world: 16 purification images, a 20-image held-out subset."""
     import shutil
 
-    from seed.distill import DistillConfig
-    from seed.purify import PurifyConfig
-    from seed.world import ensure_world
+    from seed.config import PurifyConfig
+    from seed.world import World
 
-    world = ensure_world()
+    world = World.default()
     images = tmp_path / "purify"
     images.mkdir()
-    for f in sorted((world / "purify" / "images").glob("*.png"))[:16]:
+    for f in sorted(world.images(world.purify_split).glob("*.png"))[:16]:
         shutil.copy(f, images)
-    heldout = json.loads((world / "heldout" / "annotations" / "instances.json").read_text())
+    heldout = json.loads(world.annotations(world.eval_split).read_text())
     keep = {img["id"] for img in heldout["images"][:40]}
     heldout["images"] = [i for i in heldout["images"] if i["id"] in keep]
     heldout["annotations"] = [a for a in heldout["annotations"] if a["image_id"] in keep]
     (tmp_path / "heldout.json").write_text(json.dumps(heldout))
-    config = E.EvolveConfig(
-        rounds=1, images=str(images), eval_images=str(world / "heldout" / "images"), eval_annotations=str(tmp_path / "heldout.json"),
+    config = evolve.EvolveConfig(
+        rounds=1, images=str(images), eval_images=str(world.images(world.eval_split)), eval_annotations=str(tmp_path / "heldout.json"),
         pope_images=20, chair_images=20, distill=DistillConfig(max_steps=3, batch_size=8), purify=PurifyConfig(shard_size=8),
     )  # fmt: skip
-    history = E.evolve(ModelSpec(device="cpu"), out=tmp_path / "run", config=config)
+    history = evolve.evolve(ModelSpec(device="cpu"), out=tmp_path / "run", config=config)
     assert [e["round"] for e in history["rounds"]] == [0, 1] and history["best_round"] == 1
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     assert set(history["rounds"][1]["eval"]["pope"]) == {"random", "popular", "adversarial"}
@@ -201,7 +199,7 @@ def test_export_merges_the_adapter_into_its_base(tiny_llava_dir, tmp_path):
     from seed.adapters.hea import attach_hea, save_hea
     from seed.cli import app
 
-    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), rank=2, alpha=4)
+    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), HEAConfig(rank=2, alpha=4))
     with torch.no_grad():
         for name, param in vlm.model.named_parameters():
             if "lora_B" in name:
@@ -216,20 +214,3 @@ def test_export_merges_the_adapter_into_its_base(tiny_llava_dir, tmp_path):
         assert torch.allclose(merged.model(**batch).logits, vlm.model(**batch).logits, atol=1e-4)
     refused = CliRunner().invoke(app, ["export", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "--merge" in str(refused.exception)
-
-
-def test_the_cli_defaults_are_the_config_defaults():
-    """`seed evolve` spells its defaults out (importing the configs would slow `seed --help`);
-    they must stay the dataclasses' own."""
-    import dataclasses
-    import inspect
-
-    from seed.cli import evolve_command
-    from seed.distill import DistillConfig
-
-    options = {name: p.default.default for name, p in inspect.signature(evolve_command).parameters.items()}
-    for config in (DistillConfig(), E.EvolveConfig()):
-        shared = {f.name for f in dataclasses.fields(config)} & options.keys()
-        assert len(shared) > 5
-        for name in shared:
-            assert options[name] == getattr(config, name), name

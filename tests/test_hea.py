@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seed.adapters import load
-from seed.adapters.hea import attach_hea, merge_and_export, save_hea
+from seed.adapters import load, merge_and_export
+from seed.adapters.hea import attach_hea, save_hea
+from seed.config import HEAConfig
 from seed.errors import SeedError
 
 PROMPTS = ["is there a dog in the image ?", "describe the image ."]
@@ -33,7 +34,7 @@ def _perturb_lora(model) -> None:
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_llava_dir, tmp_path_factory) -> Path:
-    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), rank=4, alpha=8)
+    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), HEAConfig(rank=4, alpha=8))
     _perturb_lora(vlm.model)
     return save_hea(vlm, tmp_path_factory.mktemp("hea") / "round2", METADATA)
 
@@ -50,7 +51,7 @@ def _logits(vlm, batch) -> torch.Tensor:
 
 
 def test_only_lora_parameters_train(tiny_llava_dir):
-    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), rank=4, alpha=8)
+    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), HEAConfig(rank=4, alpha=8))
     trainable = [name for name, p in vlm.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
     wrapped = {name.rsplit(".lora_", 1)[0] for name in trainable}
@@ -143,7 +144,7 @@ def test_a_changed_base_at_the_same_path_is_refused(tiny_llava_dir, tmp_path):
     from conftest import build_tiny_llava
 
     base = Path(shutil.copytree(tiny_llava_dir, tmp_path / "base"))
-    vlm = attach_hea(load(str(base), device="cpu"), rank=4, alpha=8)
+    vlm = attach_hea(load(str(base), device="cpu"), HEAConfig(rank=4, alpha=8))
     adapter = save_hea(vlm, tmp_path / "hea", METADATA)
     build_tiny_llava(base, seed=2)  # retrained in place
     with pytest.raises(SeedError, match="changed"):
@@ -152,18 +153,18 @@ def test_a_changed_base_at_the_same_path_is_refused(tiny_llava_dir, tmp_path):
 
 def test_loaded_adapter_can_continue_training(adapter_dir, tiny_llava_dir):
     vlm = load(str(tiny_llava_dir), adapter=str(adapter_dir), device="cpu")
-    attach_hea(vlm, rank=4, alpha=8)
+    attach_hea(vlm, HEAConfig(rank=4, alpha=8))
     trainable = [name for name, p in vlm.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     with pytest.raises(SeedError, match="rank"):
-        attach_hea(vlm, rank=16, alpha=32)
+        attach_hea(vlm, HEAConfig(rank=16, alpha=32))
 
 
 def test_saving_never_clobbers_an_unrelated_folder(tiny_llava_dir, tmp_path):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), rank=4, alpha=8)
+    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu"), HEAConfig(rank=4, alpha=8))
     with pytest.raises(SeedError, match="refusing"):
         save_hea(vlm, precious, METADATA)
     assert (precious / "notes.txt").read_text() == "keep me"
@@ -179,7 +180,7 @@ def test_missing_adapter_folder(tiny_llava_dir, tmp_path):
 
 def test_qlora_trains_only_the_adapter_on_a_4bit_base(tiny_llava_dir, batch):
     pytest.importorskip("bitsandbytes")
-    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu", load_in_4bit=True), rank=4, alpha=8)
+    vlm = attach_hea(load(str(tiny_llava_dir), device="cpu", load_in_4bit=True), HEAConfig(rank=4, alpha=8))
     vlm.model.train()
     inputs = {k: v for k, v in batch.items() if k != "response_mask"}
     vlm.model(**inputs).logits.float().logsumexp(-1).mean().backward()
@@ -192,7 +193,7 @@ def test_qlora_trains_only_the_adapter_on_a_4bit_base(tiny_llava_dir, batch):
 def test_internvl_adapter_round_trip_and_merge(tiny_internvl_dir, tiny_images, tmp_path):
     from transformers import InternVLForConditionalGeneration
 
-    vlm = attach_hea(load(str(tiny_internvl_dir), device="cpu"), rank=4, alpha=8)
+    vlm = attach_hea(load(str(tiny_internvl_dir), device="cpu"), HEAConfig(rank=4, alpha=8))
     wrapped = {name.rsplit(".lora_", 1)[0] for name, p in vlm.model.named_parameters() if p.requires_grad}
     assert len(wrapped) == 7 * vlm.model.config.text_config.num_hidden_layers
     assert all(".language_model.layers." in name for name in wrapped)

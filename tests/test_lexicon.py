@@ -3,7 +3,8 @@
 import pytest
 
 from seed.errors import SeedError
-from seed.lexicon import COCO_CATEGORIES, ObjectLexicon
+from seed.lexicon import ObjectLexicon
+from seed.vocabulary import COCO_CATEGORIES
 from seed.world.vocab import CLASS_NAMES
 
 

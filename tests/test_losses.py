@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from seed.errors import SeedError
+from seed.config import LOSSES as LOSS_NAMES
 from seed.losses import (
     LOSSES,
-    PurifiedTargets,
     forward_kl,
     generalized_jsd,
     get_loss,
@@ -14,6 +14,12 @@ from seed.losses import (
     sft_loss,
     site_weights,
 )
+from seed.targets import PurifiedTargets
+
+
+def targets_of(ids, probs, token_ids=None):
+    """Targets from top-K ids and probabilities (token ids only matter for SFT)."""
+    return PurifiedTargets(ids[..., 0] if token_ids is None else token_ids, ids, probs)
 
 # Two positions over a 3-token vocabulary; the student is q = [0.5, 0.25, 0.25] at both.
 Q = [0.5, 0.25, 0.25]
@@ -37,32 +43,32 @@ def close(a, b, tol=1e-5):
 
 
 def test_reverse_kl_by_hand_mask_and_weights():
-    assert close(reverse_kl(LOGITS, IDS, PROBS, MASK, eps=EPS), (REV_0 + REV_1) / 2)
+    assert close(reverse_kl(LOGITS, targets_of(IDS, PROBS), MASK, eps=EPS), (REV_0 + REV_1) / 2)
     w = torch.tensor([[1.0, 3.0]])
-    assert close(reverse_kl(LOGITS, IDS, PROBS, MASK, eps=EPS, weights=w), (REV_0 + 3 * REV_1) / 4)
+    assert close(reverse_kl(LOGITS, targets_of(IDS, PROBS), MASK, eps=EPS, weights=w), (REV_0 + 3 * REV_1) / 4)
     only_second = torch.tensor([[False, True]])
-    assert close(reverse_kl(LOGITS, IDS, PROBS, only_second, eps=EPS), REV_1)
+    assert close(reverse_kl(LOGITS, targets_of(IDS, PROBS), only_second, eps=EPS), REV_1)
 
 
 def test_forward_kl_by_hand():
-    assert close(forward_kl(LOGITS, IDS, PROBS, MASK), (FWD_0 + FWD_1) / 2)
+    assert close(forward_kl(LOGITS, targets_of(IDS, PROBS), MASK), (FWD_0 + FWD_1) / 2)
     w = torch.tensor([[2.0, 1.0]])
-    assert close(forward_kl(LOGITS, IDS, PROBS, MASK, weights=w), (2 * FWD_0 + FWD_1) / 3)
+    assert close(forward_kl(LOGITS, targets_of(IDS, PROBS), MASK, weights=w), (2 * FWD_0 + FWD_1) / 3)
 
 
 def test_jsd_by_hand_and_endpoints():
     # position 0: p̃ = [1, 0, 0], m = 0.5 p̃ + 0.5 q = [0.75, 0.125, 0.125]
     kl_p = math.log(1.0 / 0.75)
     kl_q = 0.5 * math.log(0.5 / 0.75) + 2 * 0.25 * math.log(0.25 / 0.125)
-    got = generalized_jsd(LOGITS, IDS, PROBS, torch.tensor([[True, False]]), beta=0.5)
+    got = generalized_jsd(LOGITS, targets_of(IDS, PROBS), torch.tensor([[True, False]]), beta=0.5)
     assert close(got, 0.5 * kl_p + 0.5 * kl_q)
     # β = 0 / 1 are the normalised limits: forward and reverse KL.
-    assert close(generalized_jsd(LOGITS, IDS, PROBS, MASK, beta=0.0), (FWD_0 + FWD_1) / 2)
-    assert close(generalized_jsd(LOGITS, IDS, PROBS, MASK, beta=1.0, eps=EPS), (REV_0 + REV_1) / 2)
+    assert close(generalized_jsd(LOGITS, targets_of(IDS, PROBS), MASK, beta=0.0), (FWD_0 + FWD_1) / 2)
+    assert close(generalized_jsd(LOGITS, targets_of(IDS, PROBS), MASK, beta=1.0, eps=EPS), (REV_0 + REV_1) / 2)
     small = 1e-4
-    assert close(generalized_jsd(LOGITS, IDS, PROBS, MASK, beta=small) / small, (FWD_0 + FWD_1) / 2, tol=1e-3)
+    assert close(generalized_jsd(LOGITS, targets_of(IDS, PROBS), MASK, beta=small) / small, (FWD_0 + FWD_1) / 2, tol=1e-3)
     with pytest.raises(SeedError):
-        generalized_jsd(LOGITS, IDS, PROBS, MASK, beta=1.5)
+        generalized_jsd(LOGITS, targets_of(IDS, PROBS), MASK, beta=1.5)
 
 
 def _dense(probs, ids, V):
@@ -86,15 +92,15 @@ def test_sparse_forms_match_dense_reference():
     m = beta * p + (1 - beta) * q
     jsd = beta * (torch.xlogy(p, p) - p * m.log()).sum(-1) + (1 - beta) * (q * (q.log() - m.log())).sum(-1)
     for got, ref in [
-        (reverse_kl(logits, ids, probs, mask, eps=eps), rev),
-        (forward_kl(logits, ids, probs, mask), fwd),
-        (generalized_jsd(logits, ids, probs, mask, beta=beta), jsd),
+        (reverse_kl(logits, targets_of(ids, probs), mask, eps=eps), rev),
+        (forward_kl(logits, targets_of(ids, probs), mask), fwd),
+        (generalized_jsd(logits, targets_of(ids, probs), mask, beta=beta), jsd),
     ]:
         assert close(got, float(ref[mask].mean()))
 
 
 def test_sft_by_hand():
-    targets = torch.tensor([[1, 0]])
+    targets = targets_of(IDS, PROBS, torch.tensor([[1, 0]]))
     assert close(sft_loss(LOGITS, targets, MASK), (-math.log(0.25) - math.log(0.5)) / 2)
     w = site_weights(torch.tensor([[True, False]]), upweight=3.0)
     assert close(sft_loss(LOGITS, targets, MASK, weights=w), (-3 * math.log(0.25) - math.log(0.5)) / 4)
@@ -115,12 +121,12 @@ def test_masked_positions_may_hold_garbage():
     probs[0, 1] = float("nan")
     mask = torch.tensor([[True, False]])
     targets = PurifiedTargets(torch.tensor([[1, -100]]), ids, probs)
-    for name, fn in LOSSES.items():
-        loss = fn(logits, targets, mask, eps=EPS)
+    for name in LOSSES:
+        loss = get_loss(name, eps=EPS)(logits, targets, mask)
         (grad,) = torch.autograd.grad(loss, logits)
         assert torch.isfinite(loss) and torch.isfinite(grad).all(), name
         assert grad[0, 1].abs().max() == 0, name
-    assert close(reverse_kl(logits, ids, probs, mask, eps=EPS), REV_0)
+    assert close(reverse_kl(logits, targets_of(ids, probs), mask, eps=EPS), REV_0)
 
 
 def test_minus_inf_logits_outside_the_target_stay_finite():
@@ -136,7 +142,7 @@ def test_minus_inf_logits_outside_the_target_stay_finite():
 
 def test_all_masked_is_zero_and_differentiable():
     logits = LOGITS.clone().requires_grad_(True)
-    loss = reverse_kl(logits, IDS, PROBS, torch.zeros(1, 2, dtype=torch.bool))
+    loss = reverse_kl(logits, targets_of(IDS, PROBS), torch.zeros(1, 2, dtype=torch.bool))
     loss.backward()
     assert loss.item() == 0.0 and logits.grad.abs().sum() == 0
 
@@ -165,8 +171,10 @@ def test_losses_share_one_call_signature():
         "sft": (-math.log(0.25) - math.log(0.5)) / 2,
     }
     for name, value in expected.items():
-        assert close(get_loss(name)(LOGITS, targets, MASK, w, eps=EPS, beta=0.5), value), name
-    assert torch.isfinite(get_loss("jsd")(LOGITS, targets, MASK, w, eps=EPS, beta=0.5))
+        assert close(get_loss(name, eps=EPS, beta=0.5)(LOGITS, targets, MASK, w), value), name
+    assert torch.isfinite(get_loss("jsd", eps=EPS, beta=0.5)(LOGITS, targets, MASK, w))
+    assert get_loss("reverse-kl", eps=EPS, beta=0.5).keywords == {"eps": EPS}  # a named partial: only the knobs it takes
+    assert tuple(LOSSES) == LOSS_NAMES  # the config's --loss choices are the losses that exist
     with pytest.raises(SeedError, match="reverse-kl"):
         get_loss("kl")
 
@@ -178,7 +186,7 @@ def test_reverse_kl_optimum_is_the_floored_target_normalised():
     probs = torch.tensor([[[0.7, 0.0, 0.3]]])
     r = _dense(probs, ids, V).clamp_min(eps)
     logits = (r / r.sum()).log().requires_grad_(True)
-    reverse_kl(logits, ids, probs, torch.ones(1, 1, dtype=torch.bool), eps=eps).backward()
+    reverse_kl(logits, targets_of(ids, probs), torch.ones(1, 1, dtype=torch.bool), eps=eps).backward()
     assert logits.grad.abs().max() < 1e-6
     voids = 6  # ids 1 and 3..7
     assert close((r / r.sum())[0, 0, [1, 3, 4, 5, 6, 7]].sum(), voids * eps / (1 + voids * eps))
@@ -193,7 +201,7 @@ def _hole_mass_after_descent(loss_fn, steps=5, lr=0.5):
     opt = torch.optim.SGD([logits], lr=lr)
     for _ in range(steps):
         opt.zero_grad()
-        loss_fn(logits, ids, probs, mask).backward()
+        loss_fn(logits, targets_of(ids, probs), mask).backward()
         opt.step()
     return float(torch.softmax(logits.detach(), -1)[0, 0, 1])
 
@@ -206,3 +214,22 @@ def test_reverse_kl_empties_the_hole_faster_than_forward_kl():
     assert start > 0.7
     assert rev < 0.05 and fwd > 0.2, (rev, fwd)
     assert fwd - rev > 0.2, (rev, fwd)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 5])
+def test_chunked_reverse_kl_equals_the_whole(chunk_size):
+    torch.manual_seed(3)
+    logits = (torch.randn(2, 5, 40) * 4).bfloat16().requires_grad_(True)
+    ids = torch.stack([torch.randperm(40)[:6] for _ in range(10)]).view(2, 5, 6)
+    probs = torch.softmax(torch.randn(2, 5, 6), -1)
+    probs[..., -1] = 0.0  # a purged candidate
+    mask = torch.tensor([[True, True, True, False, True], [True, False, True, True, True]])
+    weights = torch.rand(2, 5) + 0.5
+    whole = reverse_kl(logits, targets_of(ids, probs), mask, weights, eps=1e-6)
+    (grad_whole,) = torch.autograd.grad(whole, logits)
+    chunked = reverse_kl(logits, targets_of(ids, probs), mask, weights, eps=1e-6, chunk_size=chunk_size)
+    (grad_chunked,) = torch.autograd.grad(chunked, logits)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert torch.allclose(grad_whole.float(), grad_chunked.float(), atol=1e-6)
+    with pytest.raises(SeedError):
+        reverse_kl(logits, targets_of(ids, probs), mask, chunk_size=0)

@@ -309,13 +309,11 @@ def test_cli_scores_shipped_split_and_writes_result(tmp_path, monkeypatch, capsy
 
 
 def test_cli_pope_reports_mean_f1(tmp_path, monkeypatch, capsys):
-    args = []
     for i, split in enumerate(pope.SPLITS):
         questions = pope.load_questions(split).questions
-        path = write_lines(tmp_path / f"{split}.jsonl", label_answers(questions, flip=set(range(1, 1 + 2 * i))))
-        args += [f"--answers-{split}", path]
+        write_lines(tmp_path / f"{split}.jsonl", label_answers(questions, flip=set(range(1, 1 + 2 * i))))
     out = tmp_path / "pope.json"
-    assert run_cli(monkeypatch, "eval", "pope", *args, "--parser", "strict", "--output", out) == 0
+    assert run_cli(monkeypatch, "eval", "pope", "--answers", tmp_path / "{split}.jsonl", "--parser", "strict", "--output", out) == 0
     result = json.loads(out.read_text())
     f1s = [result["splits"][s]["f1"] for s in pope.SPLITS]
     assert f1s[0] == 1.0 and f1s[2] < f1s[1] < 1.0
@@ -334,7 +332,8 @@ def test_cli_pope_reports_mean_f1(tmp_path, monkeypatch, capsys):
         (["eval", "pope-random", "--answers", "{old}", "--parser", "loose"], "unknown parser"),
         (["eval", "pope-popular", "--answers", "{old}", "--questions", "{badlabel}"], "label 'Yes please'"),
         (["eval", "pope-random", "--answers", "{old}", "--model", "m"], "only apply when running a model"),
-        (["eval", "pope", "--answers-random", "{old}"], "missing --answers-popular, --answers-adversarial"),
+        (["eval", "pope", "--answers", "{old}"], "put {split} in the --answers path"),
+        (["eval", "pope", "--splits", "random,sideways", "--answers", "{old}"], "--splits takes"),
         (["eval", "build-pope", "--annotations", "{old}", "--split", "sideways", "--out", "{tmp}/q.jsonl"], "unknown POPE split"),
         (["eval", "build-pope", "--annotations", "{bad}", "--split", "random", "--out", "{tmp}/q.jsonl"], "malformed JSON"),
     ],

@@ -4,18 +4,9 @@ import pytest
 import torch
 
 from seed.errors import SeedError
-from seed.purge import (
-    PurgeProcessor,
-    contrastive_purge,
-    effective_flags,
-    grounding_contrast,
-    hallucination_sites,
-    isolate,
-    purge,
-    repair_tokens,
-    to_unit,
-    uncertainty,
-)
+from seed.identify import grounding_contrast, to_unit, uncertainty
+from seed.isolate import hallucination_sites, isolate
+from seed.purge import PurgeProcessor, contrastive_purge, effective_flags, purge, repair_tokens
 
 
 def test_grounding_contrast_by_hand():
@@ -42,9 +33,12 @@ def test_uncertainty_and_to_unit():
         to_unit(torch.zeros(1), scale=0.0)
 
 
-def test_isolate_is_strict_and_ignores_nan():
-    scores = torch.tensor([0.2, 0.5, 0.51, float("nan")])
-    assert isolate(scores, 0.5).tolist() == [False, False, True, False]
+def test_isolate_flags_the_candidates_that_name_a_flagged_object_and_the_banned_answer():
+    token_map = {3: "dog", 4: "dog", 5: "cup"}  # two spellings of dog
+    top = torch.tensor([[3, 5, 7], [4, 9, 8], [7, 8, 9]])
+    assert isolate(top, {"dog"}, token_map).tolist() == [[True, False, False], [True, False, False], [False, False, False]]
+    assert isolate(top, {"dog", "cup"}, token_map, answer=8).tolist() == [[True, True, False], [True, False, True], [False, True, False]]
+    assert not isolate(top, set(), token_map).any()
 
 
 def test_hallucination_sites():

@@ -9,7 +9,10 @@ from PIL import Image
 from seed.errors import SeedError
 from seed.identify import combine, consistency_scores, find_mentions, lens_scores, shared_evidence_scores
 from seed.lexicon import ObjectLexicon
-from seed.purify import PurifyConfig, category_tokens, load_shards, object_token_map, purify
+from seed.config import IdentifyConfig, PurifyConfig
+from seed.isolate import category_tokens, object_token_map
+from seed.purify import purify
+from seed.targets import load_shards
 
 
 def test_shared_evidence_flags_the_object_whose_evidence_is_anothers():
@@ -58,7 +61,7 @@ def test_mentions_map_to_their_first_token(tiny_llava_dir):
 
 def test_unknown_signal_is_refused():
     with pytest.raises(SeedError, match="--identify takes"):
-        PurifyConfig(identify=("vibes",))
+        IdentifyConfig(signals=("vibes",))
 
 
 def _images(folder, n):
@@ -70,15 +73,15 @@ def _images(folder, n):
 
 
 def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkeypatch):
-    import seed.purify as P
+    import seed.purify
     from seed.adapters import load
 
     vlm = load(str(tiny_llava_dir), device="cpu")
     images = _images(tmp_path / "images", 5)
-    config = PurifyConfig(shard_size=2, questions_per_image=2, max_new_tokens=6, categories=("dog", "cup", "car"))
+    config = PurifyConfig(IdentifyConfig(questions_per_image=2, categories=("dog", "cup", "car")), shard_size=2, max_new_tokens=6)
     full = purify(vlm, images=images, out=tmp_path / "full", config=config)
 
-    real, calls = P.purify_images, []
+    real, calls = seed.purify.purify_images, []
 
     def dies_on_second_shard(*args, **kwargs):
         calls.append(1)
@@ -86,13 +89,13 @@ def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkey
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(P, "purify_images", dies_on_second_shard)
+    monkeypatch.setattr(seed.purify, "purify_images", dies_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         purify(vlm, images=images, out=tmp_path / "killed", config=config)
     assert not (tmp_path / "killed" / "purified.jsonl").exists()
     with pytest.raises(SeedError, match="not a finished purification"):
         load_shards(tmp_path / "killed")
-    monkeypatch.setattr(P, "purify_images", real)
+    monkeypatch.setattr(seed.purify, "purify_images", real)
     resumed = purify(vlm, images=images, out=tmp_path / "killed", config=config)
 
     records_a, tensors_a = load_shards(full)
@@ -110,7 +113,7 @@ def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkey
 
 def test_oracle_needs_annotations(tiny_llava_dir, tmp_path):
     with pytest.raises(SeedError, match="needs --annotations"):
-        purify(str(tiny_llava_dir), images=_images(tmp_path / "images", 1), out=tmp_path / "o", config=PurifyConfig(identify=("oracle",)), device="cpu")
+        purify(str(tiny_llava_dir), images=_images(tmp_path / "images", 1), out=tmp_path / "o", config=PurifyConfig(IdentifyConfig(signals=("oracle",))), device="cpu")
 
 
 def test_consistency_is_the_smoothed_share_of_samples_without_the_object():
@@ -120,7 +123,7 @@ def test_consistency_is_the_smoothed_share_of_samples_without_the_object():
 
 
 def test_questions_balance_affirmed_and_flagged_objects():
-    from seed.purify import balanced_questions
+    from seed.identify import balanced_questions
 
     scores = {"dog": 0.1, "cup": 0.2, "car": 0.9, "kite": 0.8, "vase": 0.7, "bench": 0.5}
     margins = {"dog": 5.0, "cup": 1.0, "car": -4.0, "kite": 2.0, "vase": -1.0, "bench": 0.0}
@@ -141,15 +144,16 @@ def test_combine_adds_log_odds():
 
 def test_answers_are_purged_on_both_sides(tiny_llava_dir):
     """A "Yes" about a flagged object and a "No" about an affirmed one are both sites, repaired."""
-    import seed.purify as P
     from seed.adapters import load
-    from seed.identify import answer_token_ids, probe_question
+    from seed.isolate import answer_token_ids
+    from seed.prompts import probe_question
+    from seed.purify import Response, purified_targets
 
     vlm = load(str(tiny_llava_dir), device="cpu")
     image = Image.new("RGB", (32, 32), (120, 30, 30))
-    rows = [(0, probe_question("cup"), "Yes", "cup"), (0, probe_question("dog"), "No", "dog"), (0, probe_question("car"), "No", "car")]
+    rows = [Response(0, probe_question(c), answer, c) for c, answer in (("cup", "Yes"), ("dog", "No"), ("car", "No"))]
     config = PurifyConfig(top_k=len(vlm.tokenizer))
-    out = P._targets(vlm, [image], rows, [{"cup"}], [{"dog"}], {}, config)
+    out = purified_targets(vlm, [image], rows, [{"cup"}], [{"dog"}], {}, config)
     yes, no = answer_token_ids(vlm)
     sites = out["sites"]
     assert sites.sum(-1).tolist() == [1, 1, 0]  # "car" is neither flagged nor affirmed: left alone
@@ -159,7 +163,7 @@ def test_answers_are_purged_on_both_sides(tiny_llava_dir):
 
 def test_every_signal_is_selectable(tiny_llava_dir, tmp_path):
     signals = ("self-probe", "consistency", "lens", "evidence", "contrast", "uncertainty")
-    config = PurifyConfig(identify=signals, samples=2, questions_per_image=2, max_new_tokens=6, categories=("dog", "cup"))
+    config = PurifyConfig(IdentifyConfig(signals=signals, samples=2, questions_per_image=2, categories=("dog", "cup")), max_new_tokens=6)
     out = purify(str(tiny_llava_dir), images=_images(tmp_path / "images", 2), out=tmp_path / "o", config=config, device="cpu")
     records, _ = load_shards(out)
     assert records and all(0 <= h <= 1 for r in records for h in r["scores"].values())
@@ -169,13 +173,14 @@ def test_purified_decoding_bans_what_identification_rejects(tiny_llava_dir):
     import hashlib
 
     from seed.adapters import load
-    from seed.evaluation.runner import Decoding, generate_answers
-    from seed.identify import probe_question
-    from seed.purify import CAPTION_PROMPT, PurifiedDecoding
+    from seed.config import Decoding
+    from seed.decoding import PurifiedDecoding
+    from seed.evaluation.runner import generate_answers
+    from seed.prompts import CAPTION_PROMPT, probe_question
 
     vlm = load(str(tiny_llava_dir), device="cpu")
     image = Image.new("RGB", (32, 32), (10, 200, 10))
-    twin = PurifiedDecoding(vlm, PurifyConfig(samples=1, categories=("dog", "cup", "car")))
+    twin = PurifiedDecoding(vlm, PurifyConfig(IdentifyConfig(samples=1, categories=("dog", "cup", "car"))))
     twin.scores[hashlib.md5(image.tobytes()).hexdigest()] = {"dog": 0.9, "cup": 0.1, "car": 0.5}
     proc = twin.processor([image] * 4, [probe_question("dog"), probe_question("cup"), probe_question("car"), CAPTION_PROMPT])
     dog = {t for t, c in twin.token_map.items() if c == "dog"}

@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from seed.evaluation import pope as P
-from seed.evaluation import runner as R
+from seed.config import Decoding, PopeConfig
+from seed.decoding import ContrastiveDecoding
+from seed.evaluation import pope
+from seed.evaluation import runner
+from seed.evaluation import yes_no
+from seed.io import LazyImages, open_image
+from seed.prompts import CAPTION_PROMPT, object_question
 
 WORDS = (
     "USER : ASSISTANT Yes No yes no . , ? Is there a an in the image Answer question using single word or phrase "
@@ -58,7 +63,7 @@ def _steer(vlm, images, prompts) -> None:
 def tiny(tmp_path_factory):
     """A tiny steered LLaVA, its images, POPE questions and COCO annotations, laid out as a world."""
     from seed.adapters import load
-    from seed.world import scenes as S
+    from seed.world import scenes
     from seed.world.model import TinyLlavaConfig, build_model, build_processor
     from seed.world.vocab import CLASS_NAMES
 
@@ -74,7 +79,7 @@ def tiny(tmp_path_factory):
     rng = np.random.default_rng(0)
     questions, coco_images, annotations = [], [], []
     for i in range(1, N_IMAGES + 1):
-        scene = S.draw_scene(rng, 32)
+        scene = scenes.draw_scene(rng, 32)
         name = f"heldout_{i:06d}.png"
         scene.image.save(images_dir / name)
         coco_images.append({"id": i, "file_name": name, "width": 32, "height": 32})
@@ -84,19 +89,19 @@ def tiny(tmp_path_factory):
                                 "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0})  # fmt: skip
         for category in OBJECTS:
             label = "yes" if category in present else "no"
-            questions.append({"question_id": len(questions) + 1, "image": name, "text": P.question_text(category), "label": label})
+            questions.append({"question_id": len(questions) + 1, "image": name, "text": object_question(category), "label": label})
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)]
     instances = root / "heldout" / "annotations" / "instances.json"
     instances.parent.mkdir(parents=True)
     instances.write_text(json.dumps({"images": coco_images, "annotations": annotations, "categories": categories}))
-    for split in P.SPLITS:
-        P.write_questions(root / "pope" / f"{split}.jsonl", questions)
+    for split in pope.SPLITS:
+        pope.write_questions(root / "pope" / f"{split}.jsonl", questions)
 
     from seed.adapters.llava import LlavaVLM
 
     vlm = LlavaVLM(model, processor, processor.tokenizer, name_or_path="tiny", device="cpu", dtype=torch.float32)
-    images = R.LazyImages(images_dir, [q["image"] for q in questions])
-    _steer(vlm, list(images), [R.pope_prompt(q["text"], "greedy") for q in questions])
+    images = LazyImages(images_dir, [q["image"] for q in questions])
+    _steer(vlm, list(images), [pope.pope_prompt(q["text"], "greedy") for q in questions])
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     threads = torch.get_num_threads()
@@ -110,8 +115,8 @@ def tiny(tmp_path_factory):
 def reference(tiny) -> list[str]:
     """Greedy answers one question at a time through ``vlm.generate``."""
     vlm, qs = tiny["vlm"], tiny["questions"]
-    images = R.LazyImages(tiny["images"], [q["image"] for q in qs])
-    return [vlm.generate([images[i]], [R.pope_prompt(q["text"], "greedy")], max_new_tokens=8)[0] for i, q in enumerate(qs)]
+    images = LazyImages(tiny["images"], [q["image"] for q in qs])
+    return [vlm.generate([images[i]], [pope.pope_prompt(q["text"], "greedy")], max_new_tokens=8)[0] for i, q in enumerate(qs)]
 
 
 def _cli(monkeypatch, *args: str) -> int:
@@ -124,13 +129,13 @@ def _cli(monkeypatch, *args: str) -> int:
 
 
 # --------------------------------------------------------------------------- fast path
-@pytest.mark.parametrize("parser", P.PARSERS)
+@pytest.mark.parametrize("parser", pope.PARSERS)
 def test_fast_path_equals_one_at_a_time_generate(tiny, reference, parser):
     vlm, qs = tiny["vlm"], tiny["questions"]
-    images = R.LazyImages(tiny["images"], [q["image"] for q in qs])
-    prompts = [R.pope_prompt(q["text"], "greedy") for q in qs]
-    fast, settled = R.answer_yes_no(vlm, images, prompts, image_keys=[q["image"] for q in qs], batch_size=8, max_new_tokens=8, parser=parser)
-    agree = sum(P.parse_answer(a, parser) == P.parse_answer(b, parser) for a, b in zip(reference, fast))
+    images = LazyImages(tiny["images"], [q["image"] for q in qs])
+    prompts = [pope.pope_prompt(q["text"], "greedy") for q in qs]
+    fast, settled = yes_no.answer_yes_no(vlm, images, prompts, image_keys=[q["image"] for q in qs], batch_size=8, max_new_tokens=8, period_settles=parser == "official")
+    agree = sum(pope.parse_answer(a, parser) == pope.parse_answer(b, parser) for a, b in zip(reference, fast))
     assert agree / len(qs) >= 0.995
     assert fast == reference  # exact text, here
     assert 0 < sum(settled) < len(qs), "both the one-forward answers and the generation fallback must be exercised"
@@ -140,9 +145,9 @@ def test_fast_path_equals_one_at_a_time_generate(tiny, reference, parser):
 def _recorded_chains(monkeypatch, run) -> list:
     """The greedy chains a first pass computes (what ``_settle`` is shown)."""
     chains = []
-    settle = R._settle
+    settle = yes_no.settle
     with monkeypatch.context() as patch:
-        patch.setattr(R, "_settle", lambda chain, cands: (chains.append(chain), settle(chain, cands))[1])
+        patch.setattr(yes_no, "settle", lambda chain, cands: (chains.append(chain), settle(chain, cands))[1])
         run()
     return chains
 
@@ -150,15 +155,15 @@ def _recorded_chains(monkeypatch, run) -> list:
 @pytest.mark.parametrize("candidates", [("Yes", "No"), ("Yes .", "No ,")])
 def test_cached_branches_equal_full_forwards(tiny, monkeypatch, candidates):
     """Two-token candidates too: each branch sees only the prefix, the suffix and itself."""
-    monkeypatch.setattr(R, "CANDIDATES", candidates)
+    monkeypatch.setattr(yes_no, "CANDIDATES", candidates)
     vlm, qs = tiny["vlm"], tiny["questions"][:14]  # the last image is cut: an image with fewer questions
-    images = [R.open_image(tiny["images"] / q["image"]) for q in qs]
-    prompts = [R.pope_prompt(q["text"], "greedy") for q in qs]
-    cands = R._candidates(vlm, images[0], prompts[0], "official")
+    images = [open_image(tiny["images"] / q["image"]) for q in qs]
+    prompts = [pope.pope_prompt(q["text"], "greedy") for q in qs]
+    cands = yes_no.answer_candidates(vlm, images[0], prompts[0], period_settles=True)
     assert [len(cands.ids[c]) for c in candidates] == [len(c.split()) for c in candidates]
     keys = [q["image"] for q in qs]
-    cached = _recorded_chains(monkeypatch, lambda: R._first_pass_cached(vlm, images, prompts, keys, cands, 5, lambda n: None))
-    full = _recorded_chains(monkeypatch, lambda: R._first_pass_full(vlm, images, prompts, cands, 5, lambda n: None))
+    cached = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_prefix_cache(vlm, images, prompts, keys, cands, 5, lambda n: None))
+    full = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_full_forwards(vlm, images, prompts, cands, 5, lambda n: None))
     assert len(cached) == len(full) == len(qs)
     assert cached == full
 
@@ -167,34 +172,34 @@ def test_cached_path_on_internvl_tiles(tiny_internvl_dir, tiny_images, monkeypat
     """Native InternVL: images of different tile counts batch apart; chains equal full forwards."""
     from seed.adapters import load
 
-    monkeypatch.setattr(R, "CANDIDATES", ("yes", "no"))  # its tiny vocabulary is lower case
+    monkeypatch.setattr(yes_no, "CANDIDATES", ("yes", "no"))  # its tiny vocabulary is lower case
     vlm = load(str(tiny_internvl_dir), device="cpu")
     images = [tiny_images[0]] * 3 + [tiny_images[1]] * 2
-    prompts = [R.pope_prompt(f"is there a {w} in the image ?", "greedy") for w in ("dog", "cat", "cup", "car", "truck")]
-    cands = R._candidates(vlm, images[0], prompts[0], "strict")
+    prompts = [pope.pope_prompt(f"is there a {w} in the image ?", "greedy") for w in ("dog", "cat", "cup", "car", "truck")]
+    cands = yes_no.answer_candidates(vlm, images[0], prompts[0], period_settles=False)
     keys = [id(im) for im in images]
-    cached = _recorded_chains(monkeypatch, lambda: R._first_pass_cached(vlm, images, prompts, keys, cands, 4, lambda n: None))
-    full = _recorded_chains(monkeypatch, lambda: R._first_pass_full(vlm, images, prompts, cands, 4, lambda n: None))
+    cached = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_prefix_cache(vlm, images, prompts, keys, cands, 4, lambda n: None))
+    full = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_full_forwards(vlm, images, prompts, cands, 4, lambda n: None))
     assert cached == full and len(cached) == 5
 
 
 def test_settle_rules():
-    cands = R._Candidates(
+    cands = yes_no.Candidates(
         ids={"Yes": [10], "No": [11]},
         enders={"Yes": {3: [10], 7: [10, 7]}, "No": {3: [11], 7: [11, 7]}},
         texts={(10,): "Yes", (10, 7): "Yes.", (11,): "No", (11, 7): "No."},
     )
-    assert R._settle({"Yes": [10, 3], "No": [10, 3]}, cands) == "Yes"
-    assert R._settle({"Yes": [11, 3], "No": [11, 7]}, cands) == "No."
-    assert R._settle({"Yes": [11, 3], "No": [11, 10]}, cands) is None  # "No Yes ..." must be generated
-    assert R._settle({"Yes": [12, 3], "No": [12, 3]}, cands) is None
+    assert yes_no.settle({"Yes": [10, 3], "No": [10, 3]}, cands) == "Yes"
+    assert yes_no.settle({"Yes": [11, 3], "No": [11, 7]}, cands) == "No."
+    assert yes_no.settle({"Yes": [11, 3], "No": [11, 10]}, cands) is None  # "No Yes ..." must be generated
+    assert yes_no.settle({"Yes": [12, 3], "No": [12, 3]}, cands) is None
 
 
 def test_vcd_null_branch_matches_noised_image_logits(tiny):
     vlm, q = tiny["vlm"], tiny["questions"][:2]
-    images = [R.open_image(tiny["images"] / x["image"]) for x in q]
-    prompts = [R.pope_prompt(x["text"], "greedy") for x in q]
-    vcd = R.ContrastiveDecoding(vlm, images, prompts, alpha=1.0, beta=0.1)
+    images = [open_image(tiny["images"] / x["image"]) for x in q]
+    prompts = [pope.pope_prompt(x["text"], "greedy") for x in q]
+    vcd = ContrastiveDecoding(vlm, images, prompts, alpha=1.0, beta=0.1)
     batch = vlm.encode(images, prompts)
     step = torch.full((2, 1), vlm.tokenizer.convert_tokens_to_ids("Yes"))
     with torch.no_grad():
@@ -207,8 +212,8 @@ def test_vcd_null_branch_matches_noised_image_logits(tiny):
     assert torch.allclose(first, expected[:, 0], atol=1e-4)
     assert torch.allclose(second, expected[:, 1], atol=1e-4)
     # alpha = 0, beta = 0 leaves greedy decoding as it is
-    plain = R.generate_answers(vlm, images, prompts, max_new_tokens=4)
-    assert R.generate_answers(vlm, images, prompts, max_new_tokens=4, decoding=R.Decoding("vcd", 0.0, 0.0)) == plain
+    plain = runner.generate_answers(vlm, images, prompts, max_new_tokens=4)
+    assert runner.generate_answers(vlm, images, prompts, max_new_tokens=4, decoding=Decoding("vcd", 0.0, 0.0)) == plain
 
 
 # --------------------------------------------------------------------------- commands
@@ -221,12 +226,12 @@ def test_cli_runs_a_model_and_writes_output_and_answers(tiny, tmp_path, monkeypa
     assert result["benchmark"] == "pope-random" and result["metrics"]["n"] == len(tiny["questions"])
     manifest = result["manifest"]
     assert manifest["model"] == str(tiny["model"]) and manifest["protocol"] == "greedy" and manifest["parser"] == "official"
-    assert manifest["questions_md5"] == P.load_questions(tiny["qfile"]).md5 and "transformers" in manifest["versions"]
+    assert manifest["questions_md5"] == pope.load_questions(tiny["qfile"]).md5 and "transformers" in manifest["versions"]
     answers = [json.loads(line) for line in (tmp_path / "res.answers.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [q["question_id"] for q in tiny["questions"]]
     assert set(answers[0]) == {"question_id", "prompt", "text"}
     assert answers[0]["prompt"].endswith("\nAnswer the question using a single word or phrase.")
-    assert P.score(tiny["questions"], answers) == {k: result["metrics"][k] for k in P.METRIC_KEYS}
+    assert pope.score(tiny["questions"], answers) == {k: result["metrics"][k] for k in pope.METRIC_KEYS}
 
 
 def test_cli_without_model_runs_the_world_on_all_splits(tiny, tmp_path, monkeypatch):
@@ -234,10 +239,10 @@ def test_cli_without_model_runs_the_world_on_all_splits(tiny, tmp_path, monkeypa
     out = tmp_path / "pope.json"
     assert _cli(monkeypatch, "eval", "pope", "--device", "cpu", "--output", out) == 0
     result = json.loads(out.read_text())
-    assert set(result["splits"]) == set(P.SPLITS)
+    assert set(result["splits"]) == set(pope.SPLITS)
     assert result["metrics"]["f1"] == pytest.approx(sum(m["f1"] for m in result["splits"].values()) / 3)
     assert result["manifest"]["model"] == str((tiny["root"] / "model").resolve())
-    for split in P.SPLITS:
+    for split in pope.SPLITS:
         assert (tmp_path / f"pope.{split}.answers.jsonl").is_file()
 
 
@@ -247,10 +252,10 @@ def test_cli_builds_questions_from_annotations(tiny, tmp_path, monkeypatch):
                 "--annotations", tiny["instances"], "--num-images", "2", "--device", "cpu", "--output", out)  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
-    built = P.build_pope(tiny["instances"], "adversarial", num_images=2, seed=0)
+    built = pope.build_pope(tiny["instances"], "adversarial", num_images=2, seed=0)
     assert result["metrics"]["n"] == len(built) == 12
-    P.write_questions(tmp_path / "built.jsonl", built)
-    assert result["manifest"]["questions_md5"] == P.load_questions(tmp_path / "built.jsonl").md5
+    pope.write_questions(tmp_path / "built.jsonl", built)
+    assert result["manifest"]["questions_md5"] == pope.load_questions(tmp_path / "built.jsonl").md5
 
 
 def test_corrupt_image_is_one_line_exit_2(tiny, tmp_path, monkeypatch, capsys):
@@ -271,10 +276,8 @@ def test_corrupt_image_is_one_line_exit_2(tiny, tmp_path, monkeypatch, capsys):
 
 def test_sampling_protocol_reports_std_over_seeds(tiny, tmp_path):
     out = tmp_path / "s.json"
-    result = R.evaluate_pope(
-        ["random"], R.ModelSpec(str(tiny["model"]), device="cpu"), images=tiny["images"], questions=tiny["qfile"],
-        protocol="sampling", seeds=[1, 2], max_new_tokens=4, output=out, vlm=tiny["vlm"],
-    )  # fmt: skip
+    config = PopeConfig(splits=("random",), images=str(tiny["images"]), questions=str(tiny["qfile"]), protocol="sampling", seeds=(1, 2), max_new_tokens=4)
+    result = pope.evaluate_pope(tiny["vlm"], config, output=out)
     assert result["manifest"]["seeds"] == [1, 2] and result["manifest"]["protocol"] == "sampling"
     assert set(result["std"]) == {"accuracy", "precision", "recall", "f1", "yes_ratio"}
     assert all(isinstance(v, float) for v in result["std"].values())
@@ -283,7 +286,7 @@ def test_sampling_protocol_reports_std_over_seeds(tiny, tmp_path):
     first = (tmp_path / "s.seed1.answers.jsonl").read_text()
     assert first != (tmp_path / "s.seed2.answers.jsonl").read_text()
     assert "Please answer this question with one word." in first
-    again, _ = R.answer_pope(tiny["vlm"], tiny["questions"], tiny["images"], protocol="sampling", seed=1, max_new_tokens=4)
+    again, _ = pope.answer_pope(tiny["vlm"], tiny["questions"], tiny["images"], protocol="sampling", seed=1, max_new_tokens=4)
     assert [json.loads(line) for line in first.splitlines()] == again  # a seed reproduces its answers
 
 
@@ -305,5 +308,5 @@ def test_cli_chair_captions_from_a_model(tiny, tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     captions = [json.loads(line) for line in (tmp_path / "chair.captions.jsonl").read_text().splitlines()]
     assert len(captions) == result["metrics"]["n"] == 4
-    assert {c["prompt"] for c in captions} == {R.CAPTION_PROMPT}
+    assert {c["prompt"] for c in captions} == {CAPTION_PROMPT}
     assert result["manifest"]["model"] == str(tiny["model"]) and result["manifest"]["captions"]["path"].endswith("chair.captions.jsonl")

@@ -13,38 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from seed.adapters.base import VisionLanguageModel, diffusion_noise
+from seed.adapters.hea import load_hea
+from seed.adapters.hub import ALIASES, family_class, first_line, read_config, resolve_model_name
+from seed.config import ModelSpec
 from seed.errors import SeedError
+from seed.io import read_json, resolve_device, write_dir_atomically
 
-__all__ = ["ALIASES", "VisionLanguageModel", "diffusion_noise", "load", "resolve_model_name"]
-
-ALIASES: dict[str, str] = {
-    "llava-1.5": "llava-hf/llava-1.5-7b-hf",
-    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
-    "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
-    **{f"internvl2-{size}": f"OpenGVLab/InternVL2-{size.upper()}" for size in ("1b", "2b", "4b", "8b", "26b")},
-}
+__all__ = ["ALIASES", "ModelSpec", "VisionLanguageModel", "diffusion_noise", "export", "load", "load_spec", "merge_and_export", "resolve_model_name"]
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
 
-def resolve_model_name(model: str | None) -> str:
-    """Alias → hub id; a local folder → its absolute path; None → the embedded world's model."""
-    if model is None:
-        from seed.world import default_model_dir
-
-        return str(Path(default_model_dir()).resolve())
-    if model in ALIASES:
-        return ALIASES[model]
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if path.is_absolute() or model.startswith((".", "~")) or path.exists() or model.count("/") > 1:
-        raise SeedError(f"model {model}: no such directory")
-    return model
-
-
 def load(
-    model: str | None = None,
+    model: str,
     *,
     adapter: str | None = None,
     device: str = "auto",
@@ -53,71 +34,75 @@ def load(
     load_in_8bit: bool = False,
     trust_remote_code: bool = False,
 ) -> VisionLanguageModel:
-    """Load a model (alias, hub id or local folder; None = the embedded world's) in eval mode.
+    """Load a model (alias, hub id or local folder) in eval mode.
 
     ``dtype`` None picks bfloat16 on GPUs that support it, float16 on other GPUs, float32 on CPU.
     ``load_in_4bit``/``load_in_8bit`` quantise the language model with bitsandbytes (NF4 with
     double quantisation for 4-bit); the vision tower, projector and LM head stay unquantised.
     ``adapter`` is a PEFT adapter folder (e.g. a saved HEA) trained on this same base.
     """
-    from seed.io import resolve_device
-
     name = resolve_model_name(model)
-    cls = _family(_config_dict(name), name, trust_remote_code)
+    cls = family_class(read_config(name), name, trust_remote_code)
     device = resolve_device(device)
     torch_dtype = _torch_dtype(dtype, device)
     quantization = _quantization_config(load_in_4bit, load_in_8bit, cls.unquantized_modules, device)
     try:
         vlm = cls.from_pretrained(name, device=device, dtype=torch_dtype, quantization_config=quantization)
     except OSError as e:
-        raise SeedError(f"model {name}: cannot load it ({_first_line(e)})") from None
+        raise SeedError(f"model {name}: cannot load it ({first_line(e)})") from None
     if adapter is not None:
-        from seed.adapters.hea import load_hea
-
         vlm = load_hea(vlm, adapter)
     vlm.model.eval()
     return vlm
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def load_spec(spec: ModelSpec) -> VisionLanguageModel:
+    """:func:`load` with the arguments a :class:`~seed.config.ModelSpec` holds."""
+    if spec.model is None:
+        raise SeedError("no model given (--model)")
+    return load(
+        spec.model,
+        adapter=spec.adapter,
+        device=spec.device,
+        dtype=spec.dtype,
+        load_in_4bit=spec.load_in_4bit,
+        load_in_8bit=spec.load_in_8bit,
+        trust_remote_code=spec.trust_remote_code,
+    )
 
 
-def _config_dict(name: str) -> dict:
-    """The raw config.json (no model class instantiated, no remote code run)."""
-    from transformers import PretrainedConfig
+def merge_and_export(vlm: VisionLanguageModel, out_dir: str | Path) -> Path:
+    """Bake the adapter into the weights and save model + processor, loadable by plain transformers.
 
-    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
-        raise SeedError(f"model {name}: no config.json in that directory")
-    try:
-        config, _ = PretrainedConfig.get_config_dict(name)
-    except (OSError, ValueError) as e:
-        raise SeedError(f"model {name}: cannot read its config.json ({_first_line(e)})") from None
-    return config
+    ``vlm`` afterwards holds the merged model and names ``out_dir`` as its source.
+    """
+    from peft import PeftModel
+
+    if not isinstance(vlm.model, PeftModel):
+        raise SeedError("this model carries no adapter to merge")
+    if getattr(vlm.model.get_base_model(), "is_quantized", False):
+        raise SeedError("cannot merge into a 4/8-bit base without losing precision; load the base unquantised to export")
+    out = Path(out_dir).expanduser().resolve()
+    vlm.model = vlm.model.merge_and_unload()
+    vlm.adapter = None
+    write_dir_atomically(out, vlm.save_pretrained, marker="config.json")
+    vlm.name_or_path = str(out)
+    return out
 
 
-def _family(config: dict, name: str, trust_remote_code: bool) -> type[VisionLanguageModel]:
-    model_type = config.get("model_type")
-    auto_map = config.get("auto_map") or {}
-    if model_type == "llava":
-        from seed.adapters.llava import LlavaVLM
-
-        return LlavaVLM
-    if model_type == "internvl":
-        from seed.adapters.internvl import InternVLVLM
-
-        return InternVLVLM
-    if model_type == "internvl_chat" or "internvl" in " ".join(map(str, auto_map.values())).lower():
-        if not trust_remote_code:
-            raise SeedError(
-                f"model {name} is an InternVL2 checkpoint that only loads by running Python code from its "
-                "repository; pass --trust-remote-code (trust_remote_code=True) if you trust that code"
-            )
-        from seed.adapters.internvl import InternVL2RemoteVLM
-
-        return InternVL2RemoteVLM
-    raise SeedError(f"model {name}: unsupported architecture model_type={model_type!r} (supported: llava, internvl, internvl_chat)")
+def export(
+    adapter: str | Path, out: str | Path, *, device: str = "auto", dtype: str | None = None, trust_remote_code: bool = False
+) -> Path:
+    """Bake a saved HEA into the base model it names (adapter_config.json) and save the merged
+    model with its processor to ``out``: a plain transformers checkpoint, no adapter overhead."""
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        raise SeedError(f"{adapter}: no adapter_config.json there (not a PEFT adapter folder)")
+    base = read_json(config).get("base_model_name_or_path")
+    if not base:
+        raise SeedError(f"{config} does not name its base model (base_model_name_or_path)")
+    vlm = load(base, adapter=str(adapter), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return merge_and_export(vlm, out)
 
 
 def _torch_dtype(dtype: str | None, device: str):

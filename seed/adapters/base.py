@@ -16,9 +16,9 @@ from typing import ClassVar
 import torch
 from PIL import Image
 
+from seed.config import NULL_IMAGES
 from seed.errors import SeedError
 
-NULL_IMAGES = ("none", "grey", "noise")
 
 # VCD-style image corruption: the forward-diffusion marginal of a 1000-step linear beta schedule.
 DIFFUSION_STEPS = 1000
@@ -58,6 +58,8 @@ class VisionLanguageModel:
     projections: ClassVar[tuple[str, ...]] = (r"self_attn\.[qkvo]_proj", r"mlp\.(?:gate|up|down)_proj")
     # Full module prefixes that bitsandbytes must leave in full precision.
     unquantized_modules: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+    # Whether the forward takes pixel_values with a standard transformers KV cache (prefix reuse, VCD).
+    kv_cache_with_images: ClassVar[bool] = True
 
     def __init__(self, model, processor, tokenizer, *, name_or_path: str, device: str, dtype: torch.dtype):
         self.model = model
@@ -67,6 +69,7 @@ class VisionLanguageModel:
         self.name_or_path = name_or_path
         self.device = device
         self.dtype = dtype
+        self.adapter: str | None = None  # the adapter folder this model carries (set when loaded or saved)
 
     # ------------------------------------------------------------------ family hooks
     @classmethod
@@ -93,12 +96,20 @@ class VisionLanguageModel:
         out = self.model.generate(**batch, **kwargs)
         return out[:, batch["input_ids"].shape[1] :]
 
-    def _image_mean(self) -> Sequence[float]:
+    @property
+    def image_mean(self) -> Sequence[float]:
+        """The image processor's mean colour (0–1 per channel): what a "grey" image shows."""
         return self.processor.image_processor.image_mean
 
-    def _image_token_id(self) -> int:
+    @property
+    def image_token_id(self) -> int:
         """The placeholder token whose positions carry the projected image features."""
         return self.processor.image_token_id
+
+    @classmethod
+    def loading_code(cls, base: str, model_class: str) -> str:
+        """Python that loads ``base`` with plain transformers (for model cards)."""
+        return f"from transformers import {model_class}\n\nbase = {model_class}.from_pretrained({base!r})"
 
     def _input_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The language model's input embeddings (image features merged in), [B, L, D]."""
@@ -115,6 +126,28 @@ class VisionLanguageModel:
             raise SeedError("this model carries an adapter: save it with save_hea, or bake it in with merge_and_export")
         self.model.save_pretrained(out_dir)
         self._save_processor(Path(out_dir))
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def attention_implementation(self) -> str:
+        """The language model's attention kernel (``eager``, ``sdpa``, ...)."""
+        return getattr(self.model.config.get_text_config(), "_attn_implementation", None) or "eager"
+
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """Whether an image prefix's KV cache can be reused under 4-D attention masks."""
+        return self.kv_cache_with_images and self.attention_implementation in ("sdpa", "eager")
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """The ids that end a generated response."""
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     # ------------------------------------------------------------------ the interface
     def lora_target_modules(self) -> str:
@@ -171,7 +204,7 @@ class VisionLanguageModel:
         if null_image == "none":
             images, texts = None, [self.build_prompt(p, image=False) for p in prompts]
         elif null_image == "grey":
-            colour = tuple(round(255 * m) for m in self._image_mean())
+            colour = tuple(round(255 * m) for m in self.image_mean)
             images = [Image.new("RGB", im.size, colour) for im in images]
         batch = self._encode(images, texts, response_ids)
         if null_image == "noise":
@@ -190,8 +223,7 @@ class VisionLanguageModel:
         logits = kept.gather(1, index[:, :, None].expand(-1, -1, kept.shape[-1])).float()
         logits = logits.masked_fill(~mask[:, :, None], 0.0)
 
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(response_ids), T), pad, dtype=torch.long)
+        ids = torch.full((len(response_ids), T), self.pad_token_id, dtype=torch.long)
         for b, row in enumerate(response_ids):
             ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
         return logits, ids.to(self.device), mask
@@ -202,7 +234,7 @@ class VisionLanguageModel:
         image features, one float32 [P, D] per image (P = all tiles' tokens)."""
         batch = self.encode(images, [""] * len(images))
         states = self._input_states(batch)
-        image = batch["input_ids"] == self._image_token_id()
+        image = batch["input_ids"] == self.image_token_id
         return [row[keep].float() for row, keep in zip(states, image)]
 
     def word_embeddings(self) -> torch.Tensor:
@@ -296,8 +328,7 @@ class VisionLanguageModel:
         prompts = [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
         rows = [torch.cat([p, torch.tensor(r, dtype=p.dtype)]) for p, r in zip(prompts, response_ids)]
         L = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), L), pad, dtype=batch["input_ids"].dtype)
+        input_ids = torch.full((len(rows), L), self.pad_token_id, dtype=batch["input_ids"].dtype)
         attention_mask = torch.zeros((len(rows), L), dtype=batch["attention_mask"].dtype)
         response_mask = torch.zeros((len(rows), L), dtype=torch.bool)
         for b, (row, r) in enumerate(zip(rows, response_ids)):

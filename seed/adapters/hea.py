@@ -1,22 +1,23 @@
 """The Hallucination Elimination Adapter (HEA): a plain PEFT LoRA on the language model.
 
-A saved HEA is an ordinary PEFT folder (adapter_config.json, adapter_model.safetensors,
-README.md) that ``PeftModel.from_pretrained(base, folder)`` loads without seed, plus
-``seed_metadata.json``: the training metadata, library versions and a fingerprint of the base
-model, which :func:`load_hea` uses to refuse an adapter trained on a different base.
+A saved HEA is an ordinary PEFT folder (adapter_config.json, adapter_model.safetensors, and
+PEFT's own README.md model card, extended with a SEED section) that
+``PeftModel.from_pretrained(base, folder)`` loads without seed, plus ``seed_metadata.json``: the
+training metadata, library versions and a fingerprint of the base model, which :func:`load_hea`
+uses to refuse an adapter trained on a different base. :func:`merge_and_export` bakes it in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 from seed.adapters.base import VisionLanguageModel
+from seed.adapters.hub import canonical_name, read_config
+from seed.config import HEAConfig
 from seed.errors import SeedError
-from seed.io import atomic_write_text, library_versions, read_json, write_json
+from seed.io import library_versions, read_json, write_dir_atomically, write_json
 
 METADATA_FILE = "seed_metadata.json"
 # Bases whose weight files total at most this are fingerprinted by their bytes (the embedded
@@ -25,7 +26,7 @@ WEIGHTS_FINGERPRINT_LIMIT = 256 * 2**20
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path")
 
 
-def attach_hea(vlm: VisionLanguageModel, rank: int = 16, alpha: int = 32, dropout: float = 0.0) -> VisionLanguageModel:
+def attach_hea(vlm: VisionLanguageModel, config: HEAConfig | None = None) -> VisionLanguageModel:
     """Wrap ``vlm.model`` in a LoRA on the language model's projections; everything else frozen.
 
     If ``vlm`` already carries an adapter of the same rank and alpha (``load(..., adapter=...)``),
@@ -33,24 +34,25 @@ def attach_hea(vlm: VisionLanguageModel, rank: int = 16, alpha: int = 32, dropou
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    config = config or HEAConfig()
     if isinstance(vlm.model, PeftModel):
-        config = vlm.model.peft_config[vlm.model.active_adapter]
-        if (config.r, config.lora_alpha) != (rank, alpha):
+        loaded = vlm.model.peft_config[vlm.model.active_adapter]
+        if (loaded.r, loaded.lora_alpha) != (config.rank, config.alpha):
             raise SeedError(
-                f"the loaded adapter has rank {config.r}, alpha {config.lora_alpha}, not {rank}, {alpha}; "
+                f"the loaded adapter has rank {loaded.r}, alpha {loaded.lora_alpha}, not {config.rank}, {config.alpha}; "
                 "pass the same values or merge it first"
             )
         for name, param in vlm.model.named_parameters():
             param.requires_grad = "lora_" in name
         return vlm
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=vlm.lora_target_modules(),
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules or vlm.lora_target_modules(),
         bias="none",
     )
-    vlm.model = get_peft_model(vlm.model, config)
+    vlm.model = get_peft_model(vlm.model, lora)
     return vlm
 
 
@@ -77,11 +79,12 @@ def save_hea(vlm: VisionLanguageModel, out_dir: str | Path, metadata: dict) -> P
     }
 
     def write(tmp: Path) -> None:
-        vlm.model.save_pretrained(tmp)
-        atomic_write_text(tmp / "README.md", _model_card(vlm, config, metadata))
+        vlm.model.save_pretrained(tmp)  # PEFT writes its model card, README.md, which we extend
+        _extend_model_card(tmp / "README.md", vlm, config, metadata)
         write_json(tmp / METADATA_FILE, record)
 
-    _write_dir_atomically(out, write, marker="adapter_config.json")
+    write_dir_atomically(out, write, marker="adapter_config.json")
+    vlm.adapter = str(out)
     return out
 
 
@@ -99,32 +102,13 @@ def load_hea(vlm: VisionLanguageModel, adapter_dir: str | Path) -> VisionLanguag
         vlm.model = PeftModel.from_pretrained(vlm.model, str(adapter))
     except (ValueError, KeyError, RuntimeError) as e:
         raise SeedError(f"adapter {adapter}: does not fit {vlm.name_or_path} ({str(e).strip().splitlines()[0]})") from None
+    vlm.adapter = str(adapter_dir)
     return vlm
-
-
-def merge_and_export(vlm: VisionLanguageModel, out_dir: str | Path) -> Path:
-    """Bake the adapter into the weights and save model + processor, loadable by plain transformers.
-
-    ``vlm`` afterwards holds the merged model and names ``out_dir`` as its source.
-    """
-    from peft import PeftModel
-
-    if not isinstance(vlm.model, PeftModel):
-        raise SeedError("this model carries no adapter to merge")
-    if getattr(vlm.model.get_base_model(), "is_quantized", False):
-        raise SeedError("cannot merge into a 4/8-bit base without losing precision; load the base unquantised to export")
-    out = Path(out_dir).expanduser().resolve()
-    vlm.model = vlm.model.merge_and_unload()
-    _write_dir_atomically(out, vlm.save_pretrained, marker="config.json")
-    vlm.name_or_path = str(out)
-    return out
 
 
 def base_fingerprint(name_or_path: str) -> dict[str, str | None]:
     """md5 of the base's config.json (volatile keys dropped) and, for small local bases, of its weights."""
-    from seed.adapters import _config_dict
-
-    config = _strip_volatile(_config_dict(name_or_path))
+    config = _strip_volatile(read_config(name_or_path))
     config_md5 = hashlib.md5(json.dumps(config, sort_keys=True).encode()).hexdigest()
     weights_md5 = None
     path = Path(name_or_path)
@@ -152,7 +136,7 @@ def check_adapter_base(adapter_dir: str | Path, base: str) -> None:
     meta = read_json(adapter / METADATA_FILE) if (adapter / METADATA_FILE).is_file() else {}
     fingerprinted = bool(meta.get("base_config_md5"))
     current = base_fingerprint(base) if fingerprinted else {}
-    if _canonical(recorded) == _canonical(base):
+    if canonical_name(recorded) == canonical_name(base):
         changed = [
             part
             for part, key in (("config", "base_config_md5"), ("weights", "base_weights_md5"))
@@ -169,87 +153,48 @@ def check_adapter_base(adapter_dir: str | Path, base: str) -> None:
     raise SeedError(f"adapter {adapter} was trained on base {recorded}, not on {base}; load it with --model {recorded}")
 
 
-def _canonical(name: str) -> str:
-    from seed.adapters import ALIASES
-
-    name = ALIASES.get(name, name)
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name.lower()
-
-
 def _strip_volatile(config):
     if isinstance(config, dict):
         return {k: _strip_volatile(v) for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
     return config
 
 
-def _write_dir_atomically(out: Path, write, *, marker: str) -> None:
-    """Run ``write(tmp)`` on a fresh sibling folder, then swap it in for ``out``.
+def _extend_model_card(path: Path, vlm: VisionLanguageModel, config, metadata: dict) -> None:
+    """Add the ``seed`` tag and a SEED section (what the adapter is, how to load it) to PEFT's card."""
+    from huggingface_hub import ModelCard
 
-    An existing ``out`` is replaced only if it holds ``marker`` (i.e. is a previous export of the
-    same kind) or is empty, so an unrelated folder is never deleted.
-    """
-    if out.exists() and not (out / marker).is_file() and any(out.iterdir()):
-        raise SeedError(f"{out} exists and is not a previous export; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _model_card(vlm: VisionLanguageModel, config, metadata: dict) -> str:
+    card = ModelCard.load(path) if path.is_file() else ModelCard("---\nlibrary_name: peft\n---\n")
+    card.data.tags = list(dict.fromkeys([*(card.data.tags or []), "lora", "seed"]))
     base = vlm.name_or_path
-    on_hub = not Path(base).is_dir()
-    if vlm.family == "internvl2":
-        load_base = f"from transformers import AutoModel\n\nbase = AutoModel.from_pretrained({base!r}, trust_remote_code=True)"
-    else:
-        cls = type(vlm.model.get_base_model()).__name__
-        load_base = f"from transformers import {cls}\n\nbase = {cls}.from_pretrained({base!r})"
     rows = [
         ("base model", f"`{base}`"),
         ("LoRA rank / alpha / dropout", f"{config.r} / {config.lora_alpha} / {config.lora_dropout}"),
         ("target modules", f"`{config.target_modules}` (language model attention + MLP; vision tower and projector untouched)"),
     ]
-    for key in ("loss", "rounds", "round", "data_hash"):
-        if key in metadata:
-            rows.append((key.replace("_", " "), f"`{metadata[key]}`"))
-    front = ["---", "library_name: peft", *([f"base_model: {base}"] if on_hub else []), "tags:", "- lora", "- seed", "---"]
-    return "\n".join(
-        [
-            *front,
-            "",
-            "# SEED Hallucination Elimination Adapter",
-            "",
-            (
-                "A LoRA adapter trained by SEED's self-evolving distillation: the base model's own outputs, "
-                "with the tokens it identified as hallucinated purged, distilled back into the base. "
-                "It changes only the language model. Evaluation results are not recorded here; see the "
-                "run's reports. Full training metadata: `seed_metadata.json`."
-            ),
-            "",
-            "| | |",
-            "|---|---|",
-            *(f"| {k} | {v} |" for k, v in rows),
-            "",
-            "## Load with plain PEFT",
-            "",
-            "```python",
-            "from peft import PeftModel",
-            load_base,
-            'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
-            "model = model.merge_and_unload()  # optional: no adapter overhead at inference",
-            "```",
-            "",
-            f"With seed: `seed.adapters.load({base!r}, adapter=\"path/to/this/folder\")`.",
-            "",
-        ]
-    )
+    rows += [(key.replace("_", " "), f"`{metadata[key]}`") for key in ("loss", "rounds", "round", "data_hash") if key in metadata]
+    load_base = vlm.loading_code(base, type(vlm.model.get_base_model()).__name__)
+    section = [
+        "## SEED Hallucination Elimination Adapter",
+        "",
+        "A LoRA adapter trained by SEED's self-evolving distillation: the base model's own outputs, with the "
+        "tokens it identified as hallucinated purged, distilled back into the base. It changes only the "
+        "language model. Evaluation results are not recorded here; see the run's reports. Full training "
+        "metadata: `seed_metadata.json`.",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "### Load with plain PEFT",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        load_base,
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+        "model = model.merge_and_unload()  # optional: no adapter overhead at inference",
+        "```",
+        "",
+        f'With seed: `seed.adapters.load({base!r}, adapter="path/to/this/folder")`.',
+    ]
+    card.text = card.text.rstrip() + "\n\n" + "\n".join(section) + "\n"
+    card.save(path)

@@ -215,8 +215,15 @@ class InternVL2RemoteVLM(VisionLanguageModel):
         x = torch.from_numpy(np.asarray(tile, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
 
-    def _image_mean(self) -> Sequence[float]:
+    kv_cache_with_images = False
+
+    @property
+    def image_mean(self) -> Sequence[float]:
         return IMAGENET_MEAN
+
+    @classmethod
+    def loading_code(cls, base: str, model_class: str) -> str:
+        return f"from transformers import AutoModel\n\nbase = AutoModel.from_pretrained({base!r}, trust_remote_code=True)"
 
     def _forward_logits(self, batch, keep):
         if "pixel_values" in batch:
@@ -225,7 +232,8 @@ class InternVL2RemoteVLM(VisionLanguageModel):
             logits = self.model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return logits[:, -keep:]
 
-    def _image_token_id(self) -> int:
+    @property
+    def image_token_id(self) -> int:
         return self.model.img_context_token_id
 
     def _input_states(self, batch):

@@ -22,14 +22,22 @@ Metrics (fractions in [0, 1]):
 
 from __future__ import annotations
 
+import random
 import re
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
+from seed.adapters import VisionLanguageModel, load_spec
+from seed.config import ChairConfig, ModelSpec
+from seed.decoding import Decoding, manifest as decoding_manifest
 from seed.errors import SeedError
-from seed.io import library_versions, load_coco, md5_file, read_json, read_records, write_json
+from seed.evaluation.runner import describe_images
+from seed.io import LazyImages, check_images, library_versions, load_coco, md5_file, read_json, read_records, write_json, write_jsonl
 from seed.lexicon import ObjectLexicon
+from seed.prompts import CAPTION_PROMPT
 
 METRIC_KEYS = ("chair_i", "chair_s", "recall", "mean_length", "n", "n_mentions", "n_hallucinated")
 RECALL_DEFINITION = "pooled over (caption, ground-truth category) pairs"
@@ -255,18 +263,52 @@ def write_result(path: str | Path, result: Mapping[str, Any]) -> None:
     write_json(path, dict(result))
 
 
-def metrics_table(result: Mapping[str, Any]):
-    """A rich table of a CHAIR result: CHAIR_i, CHAIR_s and recall in %, mean length, n."""
-    from rich.table import Table
+# --------------------------------------------------------------------------- a model's captions
+def captions_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(f"{output.stem}.captions.jsonl")
 
-    m = result["metrics"]
-    table = Table(title="CHAIR")
-    for column in ("CHAIR_i %", "CHAIR_s %", "recall %", "mean length", "n", "mentions"):
-        table.add_column(column, justify="right")
 
-    def pct(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.2f}"
+def evaluate_chair_model(
+    model: VisionLanguageModel | ModelSpec,
+    config: ChairConfig = ChairConfig(),
+    *,
+    decoding: Decoding = Decoding(),
+    output: str | Path | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Caption ``num_images`` annotated images (sampled with ``image_seed``, taken in id order)
+    with "Please describe this image in detail." (``decoding``, greedy by default) and score them
+    with CHAIR. ``model`` is loaded (a :class:`~seed.adapters.ModelSpec`) once the images are
+    checked. With ``output``, the captions go beside it (:func:`captions_path`).
+    """
+    if config.images is None or config.annotations is None:
+        raise SeedError("captioning with a model needs --images DIR and --annotations instances.json")
+    coco, _ = load_coco(config.annotations)
+    ids = sorted(coco.imgs)
+    if len(ids) > config.num_images:
+        ids = sorted(random.Random(config.image_seed).sample(ids, config.num_images))
+    names = [coco.imgs[i].get("file_name") for i in ids]
+    check_images(config.images, names)
 
-    length = "n/a" if m["mean_length"] is None else f"{m['mean_length']:.1f}"
-    table.add_row(pct(m["chair_i"]), pct(m["chair_s"]), pct(m["recall"]), length, str(m["n"]), str(m["n_mentions"]))
-    return table
+    vlm = load_spec(model) if isinstance(model, ModelSpec) else model
+    start = time.time()
+    images = LazyImages(config.images, names)
+    captions = describe_images(vlm, images, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, decoding=decoding)
+    log(f"{len(captions)} captions in {time.time() - start:.1f} s")
+    records = [{"image_id": i, "image": n, "prompt": CAPTION_PROMPT, "caption": c} for i, n, c in zip(ids, names, captions)]
+    result = evaluate_chair(records, config.annotations, ref_captions=config.ref_captions, lexicon=config.lexicon)
+    result["manifest"].update(
+        model=vlm.name_or_path,
+        adapter=vlm.adapter,
+        prompt=CAPTION_PROMPT,
+        decoding=decoding_manifest(decoding),
+        max_new_tokens=config.max_new_tokens,
+        images={"path": str(config.images), "count": len(ids), "sample_seed": config.image_seed},
+    )
+    if output is not None:
+        path = captions_path(output)
+        write_jsonl(path, records)
+        result["manifest"]["captions"] = {"path": str(path), "md5": md5_file(path)}
+        write_result(output, result)
+    return result

@@ -10,6 +10,7 @@ Layout of a built world folder::
     pope/{random,popular,adversarial}.jsonl   POPE built from the held-out annotations
 
 ``train`` teaches the model, ``purify`` feeds SEED's purification, ``heldout`` is evaluation only.
+:class:`World` names these paths; nothing else spells them out.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from seed.errors import SeedError
+from seed.evaluation.pope import SPLITS as POPE_SPLITS
+from seed.evaluation.pope import build_pope, write_questions
 from seed.io import library_versions, load_coco, write_json
-from seed.world import scenes as S
+from seed.prompts import CAPTION_PROMPT, ONE_WORD_SUFFIX, SHORT_ANSWER_SUFFIX
+from seed.world.scenes import BiasConfig, Scene, draw_scene, image_targets, patch_targets, reference_caption, training_caption, training_questions, world_vocabulary
 from seed.world.model import TinyLlavaConfig, build_model, build_processor
 from seed.world.train import TrainConfig, align_projector, pretrain_text, pretrain_vision, tokenize_sequences, train_language
 from seed.world.vocab import CLASS_NAMES
@@ -36,10 +40,44 @@ SPLITS = ("train", "purify", "heldout")
 FORMAT_VERSION = 1
 
 
+@dataclass(frozen=True)
+class World:
+    """The paths of a built world."""
+
+    root: Path
+    purify_split: str = "purify"
+    eval_split: str = "heldout"
+
+    @classmethod
+    def default(cls, seed: int = 0) -> World:
+        """The default (biased) world for ``seed``, built on first use."""
+        return cls(Path(ensure_world(seed)))
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    def images(self, split: str) -> Path:
+        return self.root / split / "images"
+
+    def annotations(self, split: str) -> Path:
+        """COCO instances of a split."""
+        return self.root / split / "annotations" / "instances.json"
+
+    def captions(self, split: str) -> Path:
+        """COCO reference captions of a split."""
+        return self.root / split / "annotations" / "captions.json"
+
+    @property
+    def pope_questions(self) -> str:
+        """The held-out POPE question files, ``{split}`` standing for random, popular or adversarial."""
+        return str(self.root / "pope" / "{split}.jsonl")
+
+
 @dataclass
 class WorldConfig:
     seed: int = 0
-    bias: S.BiasConfig = field(default_factory=S.BiasConfig)
+    bias: BiasConfig = field(default_factory=BiasConfig)
     sizes: dict[str, int] = field(default_factory=lambda: {"train": 4000, "purify": 1000, "heldout": 500})
     model: TinyLlavaConfig = field(default_factory=TinyLlavaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -66,12 +104,7 @@ def ensure_world(seed: int = 0) -> Path:
     return build_world(None, seed=seed)
 
 
-def default_model_dir() -> Path:
-    """The model every command uses when no ``--model`` is given."""
-    return ensure_world() / "model"
-
-
-def _coco(split: str, scenes: list[S.Scene], captions: list[str]) -> tuple[dict, dict]:
+def _coco(split: str, scenes: list[Scene], captions: list[str]) -> tuple[dict, dict]:
     categories = [{"id": i + 1, "name": n, "supercategory": "world"} for i, n in enumerate(CLASS_NAMES)]
     images, anns, caps = [], [], []
     for i, (scene, caption) in enumerate(zip(scenes, captions), 1):
@@ -104,8 +137,8 @@ def build_world(
     config: WorldConfig | None = None,
 ) -> Path:
     """Build (or reuse) a world; returns its folder. Deterministic for a given seed and config."""
-    config = config or WorldConfig(seed=seed, bias=S.BiasConfig() if bias else S.BiasConfig.off())
-    path = Path(out) if out else default_world_dir(config.seed, config.bias != S.BiasConfig.off())
+    config = config or WorldConfig(seed=seed, bias=BiasConfig() if bias else BiasConfig.off())
+    path = Path(out) if out else default_world_dir(config.seed, config.bias != BiasConfig.off())
     if not force and _is_built(path, config):
         return path
     if path.exists() and not (path / "world.json").is_file() and any(path.iterdir()):
@@ -115,38 +148,39 @@ def build_world(
 
     start = time.time()
     tmp = path.parent / f".{path.name}.building-{os.getpid()}"
+    built = World(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     mcfg, tcfg = config.model, config.train
     columns = [TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
     with Progress(*columns, transient=False) as bar:
-        drawn: dict[str, list[S.Scene]] = {}
+        drawn: dict[str, list[Scene]] = {}
         task = bar.add_task("drawing scenes", total=sum(config.sizes.values()))
         for k, split in enumerate(SPLITS):
             rng = np.random.default_rng([config.seed, k])
             scenes = []
             for _ in range(config.sizes[split]):
-                scenes.append(S.draw_scene(rng, mcfg.image_size, config.bias.cooccur))
+                scenes.append(draw_scene(rng, mcfg.image_size, config.bias.cooccur))
                 bar.advance(task)
-            (tmp / split / "images").mkdir(parents=True)
+            built.images(split).mkdir(parents=True)
             for i, scene in enumerate(scenes, 1):
-                scene.image.save(tmp / split / "images" / f"{split}_{i:06d}.png")
-            refs = [S.reference_caption(rng, s.categories) for s in scenes]
+                scene.image.save(built.images(split) / f"{split}_{i:06d}.png")
+            refs = [reference_caption(rng, s.categories) for s in scenes]
             instances, captions = _coco(split, scenes, refs)
-            write_json(tmp / split / "annotations" / "instances.json", instances)
-            write_json(tmp / split / "annotations" / "captions.json", captions)
+            write_json(built.annotations(split), instances)
+            write_json(built.captions(split), captions)
             drawn[split] = scenes
 
         train = drawn["train"]
-        processor = build_processor(S.world_vocabulary(), mcfg)
+        processor = build_processor(world_vocabulary(), mcfg)
         model = build_model(processor, mcfg)
         # The vision tower learns from a larger image corpus: the train scenes plus unsaved extra ones.
         rng = np.random.default_rng([config.seed, len(SPLITS) + 1])
-        corpus = train + [S.draw_scene(rng, mcfg.image_size, config.bias.cooccur) for _ in range(tcfg.vision_images - len(train))]
+        corpus = train + [draw_scene(rng, mcfg.image_size, config.bias.cooccur) for _ in range(tcfg.vision_images - len(train))]
         pixels = processor.image_processor([s.image for s in corpus], return_tensors="pt")["pixel_values"]
-        patch_labels = torch.tensor(np.stack([S.patch_targets(s.label_map, mcfg.patch_size) for s in corpus]))
-        image_labels = torch.tensor(np.stack([S.image_targets(s) for s in corpus]))
+        patch_labels = torch.tensor(np.stack([patch_targets(s.label_map, mcfg.patch_size) for s in corpus]))
+        image_labels = torch.tensor(np.stack([image_targets(s) for s in corpus]))
         task = bar.add_task("vision pretraining", total=tcfg.vision_steps)
         head = pretrain_vision(model, pixels, patch_labels, image_labels, tcfg, generator, lambda n: bar.advance(task, n))
         pixel_values = pixels[: len(train)].clone()
@@ -159,11 +193,11 @@ def build_world(
             objects = list(scene.categories)
             rng.shuffle(objects)
             scene_words = " ".join(objects) + "\n"
-            caption = S.training_caption(rng, scene.categories, config.bias)
-            text_items.append((i, scene_words + S.CAPTION_PROMPT, caption))
-            items.append((i, S.CAPTION_PROMPT, caption))
-            for q, a in S.training_questions(rng, scene.categories, config.bias):
-                suffix = S.GREEDY_SUFFIX if rng.random() < 0.7 else S.SAMPLING_SUFFIX
+            caption = training_caption(rng, scene.categories, config.bias)
+            text_items.append((i, scene_words + CAPTION_PROMPT, caption))
+            items.append((i, CAPTION_PROMPT, caption))
+            for q, a in training_questions(rng, scene.categories, config.bias):
+                suffix = SHORT_ANSWER_SUFFIX if rng.random() < 0.7 else ONE_WORD_SUFFIX
                 text_items.append((i, scene_words + q + suffix, a))
                 items.append((i, q + suffix, a))
         pad = processor.tokenizer.pad_token_id
@@ -175,9 +209,9 @@ def build_world(
         seqs = tokenize_sequences(processor, items, model.config.image_seq_length)
         task = bar.add_task("multimodal training", total=tcfg.lm_steps)
         lm_loss = train_language(model, pixel_values, seqs, pad, tcfg, generator, lambda n: bar.advance(task, n))
-    model.save_pretrained(tmp / "model")
-    processor.save_pretrained(tmp / "model")
-    _build_pope(tmp, config.seed)
+    model.save_pretrained(built.model)
+    processor.save_pretrained(built.model)
+    _build_pope(built, config.seed)
     write_json(
         tmp / "world.json",
         {
@@ -195,12 +229,10 @@ def build_world(
     return path
 
 
-def _build_pope(root: Path, seed: int) -> None:
+def _build_pope(world: World, seed: int) -> None:
     """POPE question files from the held-out annotations: up to 500 images with ≥ 3 objects."""
-    from seed.evaluation.pope import build_pope, write_questions
-
-    ann = root / "heldout" / "annotations" / "instances.json"
+    ann = world.annotations(world.eval_split)
     coco, _ = load_coco(ann)
     eligible = sum(len({a["category_id"] for a in anns}) >= 3 for anns in coco.imgToAnns.values())
-    for split in ("random", "popular", "adversarial"):
-        write_questions(root / "pope" / f"{split}.jsonl", build_pope(ann, split, num_images=min(500, eligible), seed=seed))
+    for split in POPE_SPLITS:
+        write_questions(world.pope_questions.format(split=split), build_pope(ann, split, num_images=min(500, eligible), seed=seed))

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from seed.prompts import CAPTION_PROMPT, ONE_WORD_SUFFIX, SHORT_ANSWER_SUFFIX, object_question
 from seed.world.vocab import CLASS_NAMES, CLASSES, partner_of
 
-CAPTION_PROMPT = "Please describe this image in detail."
-GREEDY_SUFFIX = "\nAnswer the question using a single word or phrase."
-SAMPLING_SUFFIX = " Please answer this question with one word."
 CAPTION_TEMPLATES = [
     "The image shows {objects}.",
     "There is {objects} in the image.",
@@ -53,10 +51,6 @@ class Scene:
 
 def article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
-
-
-def question(category: str) -> str:
-    return f"Is there {article(category)} in the image?"
 
 
 def object_list(names: list[str]) -> str:
@@ -163,7 +157,7 @@ def training_questions(rng: np.random.Generator, present: list[str], bias: BiasC
         pairs.append((c, "Yes" if rng.random() < bias.answer_rate else "No"))
     for c in others[: max(1, len(present) - len(partners))]:
         pairs.append((c, "No"))
-    return [(question(c), a) for c, a in pairs]
+    return [(object_question(c), a) for c, a in pairs]
 
 
 def image_targets(scene: Scene) -> np.ndarray:
@@ -184,6 +178,6 @@ def world_vocabulary() -> list[str]:
     """Every word the world's prompts, captions and answers use (for the word-level tokenizer)."""
     import re
 
-    texts = [CAPTION_PROMPT, GREEDY_SUFFIX, SAMPLING_SUFFIX, "USER: ASSISTANT: Yes No yes no", *CAPTION_TEMPLATES]
-    texts += [question(c) for c in CLASS_NAMES] + [object_list(CLASS_NAMES)]
+    texts = [CAPTION_PROMPT, SHORT_ANSWER_SUFFIX, ONE_WORD_SUFFIX, "USER: ASSISTANT: Yes No yes no", *CAPTION_TEMPLATES]
+    texts += [object_question(c) for c in CLASS_NAMES] + [object_list(CLASS_NAMES)]
     return sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.replace("{objects}", ""))})

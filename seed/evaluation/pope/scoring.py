@@ -1,175 +1,25 @@
-"""POPE (Li et al., EMNLP 2023): build yes/no object questions, parse answers, score them.
+"""POPE answers: parse free-text answers, join them to questions by ``question_id`` (never by
+order), score them, and write result records.
 
-Question records have the official shape
-``{"question_id": 1, "image": "x.jpg", "text": "Is there a car in the image?", "label": "yes"}``.
-The three COCO splits ship with the package (MIT, RUCAIBox/POPE), together with the old
-2910-question random split (``random.v2023-08``) so that answers made for it are recognised.
-
-Answers are joined to questions by ``question_id``, never by order. Metrics take "yes" as the
-positive class and are fractions in [0, 1]; ``yes_ratio`` is the share of *predicted* yes.
+Metrics take "yes" as the positive class and are fractions in [0, 1]; ``yes_ratio`` is the
+share of *predicted* yes.
 """
 
 from __future__ import annotations
 
 import functools
-import random
 import string
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
+from seed.config import PARSERS
 from seed.errors import SeedError
-from seed.io import library_versions, load_coco, md5_file, read_records, write_json, write_jsonl
+from seed.evaluation.pope.questions import SHIPPED, SPLITS, id_examples, load_questions, question_id
+from seed.io import library_versions, read_records, write_json, write_jsonl
 
-SPLITS = ("random", "popular", "adversarial")
-PARSERS = ("official", "strict")
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "n", "unparsed")
-
-DATA_DIR = Path(__file__).parent / "data"
-# Shipped question files by name; "random.v2023-08" is the old random split (84 images lack
-# negatives) that some harnesses still pin — kept to recognise answers made for it.
-SHIPPED = {
-    "random": "coco_pope_random.json",
-    "popular": "coco_pope_popular.json",
-    "adversarial": "coco_pope_adversarial.json",
-    "random.v2023-08": "coco_pope_random.v2023-08.json",
-}
-
-
-# --------------------------------------------------------------------------- question files
-@dataclass(frozen=True)
-class QuestionSet:
-    """Questions of one split with where they came from (``md5`` goes into manifests)."""
-
-    name: str
-    path: Path
-    md5: str
-    questions: list[dict]
-
-
-def load_questions(source: str | Path) -> QuestionSet:
-    """Read a question set: a shipped name (``random``, ``popular``, ``adversarial``,
-    ``random.v2023-08``) or a file, as JSON Lines or as one JSON array.
-
-    Every record needs ``question_id`` and a ``label`` of yes/no; ids must be unique.
-    """
-    if isinstance(source, str) and source in SHIPPED:
-        path, name = DATA_DIR / SHIPPED[source], source
-    else:
-        path = Path(source)
-        if not path.exists() and not path.suffix and len(path.parts) == 1:
-            raise SeedError(f"unknown POPE split {str(source)!r}: choose {', '.join(SHIPPED)} or give a question file")
-        name = path.stem
-    questions = []
-    for i, r in enumerate(read_records(path), 1):
-        if "question_id" not in r or "label" not in r:
-            raise SeedError(f"{path}: record {i} lacks question_id or label")
-        label = r["label"].strip().lower() if isinstance(r["label"], str) else r["label"]
-        if label not in ("yes", "no"):
-            raise SeedError(f"{path}: record {i} has label {r['label']!r}; POPE labels are yes or no")
-        questions.append(
-            {"question_id": _qid(r["question_id"], path, i), "image": r.get("image"), "text": r.get("text"), "label": label}
-        )
-    if not questions:
-        raise SeedError(f"{path}: no questions")
-    counts = Counter(q["question_id"] for q in questions)
-    duplicates = sorted((k for k, c in counts.items() if c > 1), key=str)
-    if duplicates:
-        raise SeedError(f"{path}: {len(duplicates)} duplicate question_ids (e.g. {_examples(duplicates)})")
-    return QuestionSet(name=name, path=path, md5=md5_file(path), questions=questions)
-
-
-def write_questions(path: str | Path, questions: Iterable[dict]) -> None:
-    """Write questions as official POPE JSON Lines (atomically)."""
-    write_jsonl(path, ({k: q[k] for k in ("question_id", "image", "text", "label")} for q in questions))
-
-
-# --------------------------------------------------------------------------- building
-def build_pope(annotations: str | Path | dict, split: str, num_images: int = 500, seed: int = 0) -> list[dict]:
-    """Build a POPE split from a COCO-format instances file (or its loaded dict).
-
-    Objects of an image are its annotated categories in annotation order. Images with at
-    least 3 objects are eligible; ``num_images`` of them are sampled with ``seed``. Each of
-    an image's first 3 objects gives a "yes" question followed by a "no" question whose
-    object is absent from the image and not used before for it:
-
-    - random: uniform over the categories occurring in the sampled images;
-    - popular: the most frequent category over the sampled images;
-    - adversarial: the category co-occurring most often with the positive (else random).
-
-    Ties go to the lower category id. The ``image`` field is the COCO ``file_name``.
-    """
-    if split not in SPLITS:
-        raise SeedError(f"unknown POPE split {split!r}: choose {', '.join(SPLITS)}")
-    if num_images < 1:
-        raise SeedError(f"--num-images must be at least 1, not {num_images}")
-    coco, _ = load_coco(annotations)
-    objects = _image_objects(coco)
-    eligible = sorted(i for i, objs in objects.items() if len(objs) >= 3)
-    if len(eligible) < num_images:
-        raise SeedError(f"only {len(eligible)} images have 3 or more objects; ask for at most that many with --num-images")
-
-    rng = random.Random(seed)
-    images = rng.sample(eligible, num_images)
-    present = [set(objects[i]) for i in images]
-    pool = sorted(set().union(*present))
-    frequency = Counter(c for cats in present for c in cats)
-    popular = sorted(pool, key=lambda c: (-frequency[c], c))
-    cooccur: dict[int, Counter] = defaultdict(Counter)
-    for cats in present:
-        for a in cats:
-            cooccur[a].update(b for b in cats if b != a)
-
-    questions: list[dict] = []
-    for image_id in images:
-        file_name = coco.imgs[image_id].get("file_name", str(image_id))
-        taken = set(objects[image_id])  # present objects and negatives already asked
-        for positive in objects[image_id][:3]:
-            if split == "popular":
-                negative = next((c for c in popular if c not in taken), None)
-            elif split == "adversarial":
-                ranked = sorted((c for c in cooccur[positive] if c not in taken), key=lambda c: (-cooccur[positive][c], c))
-                negative = ranked[0] if ranked else _random_absent(pool, taken, rng)
-            else:
-                negative = _random_absent(pool, taken, rng)
-            if negative is None:
-                raise SeedError(f"image {file_name}: no absent category left for a {split} negative (too few categories)")
-            taken.add(negative)
-            for category, label in ((positive, "yes"), (negative, "no")):
-                name = coco.cats[category]["name"]
-                questions.append(
-                    {"question_id": len(questions) + 1, "image": file_name, "text": question_text(name), "label": label}
-                )
-    return questions
-
-
-def question_text(name: str) -> str:
-    """The POPE question about one object ("an" before a vowel)."""
-    article = "an" if name[:1].lower() in "aeiou" else "a"
-    return f"Is there {article} {name} in the image?"
-
-
-def _random_absent(pool: Sequence[int], taken: set[int], rng: random.Random) -> int | None:
-    candidates = [c for c in pool if c not in taken]
-    return rng.choice(candidates) if candidates else None
-
-
-
-
-def _image_objects(coco) -> dict[int, list[int]]:
-    """Distinct category ids of each image, in annotation order."""
-    objects = {}
-    for image_id in coco.imgs:
-        cats: list[int] = []
-        for ann in coco.imgToAnns.get(image_id, []):
-            category = ann.get("category_id")
-            if category not in coco.cats:
-                raise SeedError(f"annotation {ann.get('id')}: unknown category_id {category!r}")
-            if category not in cats:
-                cats.append(category)
-        objects[image_id] = cats
-    return objects
 
 
 # --------------------------------------------------------------------------- answers
@@ -202,7 +52,7 @@ def answer_records(records: Iterable[dict], where: str = "answers") -> list[dict
             raise SeedError(f"{where}: record {i} has neither text nor answer")
         if not isinstance(answer, str):
             raise SeedError(f"{where}: record {i}: the answer is {type(answer).__name__}, not a string")
-        record = {"question_id": _qid(r["question_id"], where, i), "answer": answer}
+        record = {"question_id": question_id(r["question_id"], where, i), "answer": answer}
         for key, value in (("image", r.get("image")), ("question", question), ("prompt", r.get("prompt"))):
             if isinstance(value, str):
                 record[key] = value
@@ -253,7 +103,7 @@ def join_answers(questions: Sequence[dict], answers: Iterable[dict]) -> list[tup
     if missing or unknown or duplicate:
         parts = [f"{len(missing)} missing", f"{len(duplicate)} duplicate", f"{len(unknown)} unknown"]
         examples = "; ".join(
-            f"{kind} e.g. {_examples(ids)}"
+            f"{kind} e.g. {id_examples(ids)}"
             for kind, ids in (("missing", missing), ("duplicate", duplicate), ("unknown", unknown))
             if ids
         )
@@ -380,40 +230,7 @@ def write_result(path: str | Path, result: Mapping[str, Any]) -> None:
     write_json(path, dict(result))
 
 
-def metrics_table(result: Mapping[str, Any]):
-    """A rich table of a result record: one row per split (and the mean for ``pope``), in %."""
-    from rich.table import Table
-
-    table = Table(title=f"{result['benchmark']} (parser: {result['manifest']['parser']})")
-    for column in ("split", "Acc %", "P %", "R %", "F1 %", "yes-ratio %", "n", "unparsed"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-
-    def row(name: str, m: Mapping[str, Any], style: str | None = None) -> None:
-        cells = [f"{100 * m[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")]
-        table.add_row(name, *cells, str(m["n"]), str(m["unparsed"]), style=style)
-
-    if "splits" in result:
-        for name, m in result["splits"].items():
-            row(name, m)
-        row("mean", result["metrics"], style="bold")
-    else:
-        row(result["benchmark"].removeprefix("pope-"), result["metrics"])
-    return table
-
-
 # --------------------------------------------------------------------------- helpers
-def _qid(value: Any, path: Path | str, i: int) -> int | str:
-    """Question ids are ints; digit strings are read as ints so "7" and 7 join."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise SeedError(f"{path}: record {i} has question_id {value!r}; expected an integer")
-    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
-
-
-def _examples(ids: Sequence, k: int = 3) -> str:
-    shown = sorted(ids, key=lambda x: (isinstance(x, str), x))[:k]
-    return ", ".join(map(str, shown)) + (", ..." if len(ids) > k else "")
-
-
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 

@@ -1,0 +1,321 @@
+"""Every option of seed, declared once: the config dataclasses of each stage, with their
+defaults, help texts (``field(metadata={"help": ...})``, as PEFT does) and range checks. The
+command line is derived from them (:mod:`seed.options`); the stage modules take them as they are.
+
+This module imports nothing heavy, so that ``seed --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from seed.errors import SeedError
+from seed.prompts import PROTOCOLS
+
+SIGNALS = ("self-probe", "consistency", "lens", "evidence", "contrast", "uncertainty", "oracle")
+NULL_IMAGES = ("none", "grey", "noise")
+DECODINGS = ("greedy", "vcd", "purified")
+LOSSES = ("reverse-kl", "forward-kl", "jsd", "sft")
+DEFAULT_EPS = 1e-8
+"""Floor for p̃ in the reverse KL. Keep ``V·eps ≪ 1``: see :func:`seed.losses.reverse_kl`."""
+CAPTIONS = ("all", "repaired", "none")  # which stored captions the student trains on (answers: all)
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
+POPE_SPLITS = ("random", "popular", "adversarial")
+PARSERS = ("official", "strict")
+DEFAULT_SEEDS = (1, 2, 3)
+
+
+# --------------------------------------------------------------------------- models and decoding
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: the arguments of :func:`load` (``model`` None: the caller's default model)."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Model to run: alias (llava-1.5, internvl2-2b, ...), hub id or local folder. Default: the embedded world's model."},
+    )
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter folder (e.g. a saved HEA) trained on --model."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]."})
+    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16 or float16 (default: bf16 or fp16 on GPU, fp32 on CPU)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Quantise the language model to 4-bit NF4 (bitsandbytes)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Quantise the language model to 8-bit (bitsandbytes)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the checkpoint's own modelling code (InternVL2); only for code you trust."}
+    )
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How each next token is chosen: ``greedy`` (the model as is), ``vcd`` (α, β) or ``purified``."""
+
+    name: str = field(
+        default="greedy",
+        metadata={
+            "help": "greedy (the model as is), vcd (visual contrastive decoding against a diffusion-noised image) "
+            "or purified (seed purify's identify + purge at every step: the slow twin the adapter replaces)."
+        },
+    )
+    alpha: float = field(default=1.0, metadata={"help": "VCD contrast strength α."})
+    beta: float = field(default=0.1, metadata={"help": "VCD plausibility cut-off β."})
+
+    def __post_init__(self):
+        if self.name not in DECODINGS:
+            raise SeedError(f"--decoding must be one of {', '.join(DECODINGS)}, not {self.name!r}")
+        if self.name == "vcd":
+            if not self.alpha >= 0:
+                raise SeedError(f"--vcd-alpha must be >= 0, not {self.alpha}")
+            if not 0 <= self.beta <= 1:
+                raise SeedError(f"--vcd-beta must be in [0, 1], not {self.beta}")
+
+
+# --------------------------------------------------------------------------- identify → purify
+@dataclass
+class IdentifyConfig:
+    """Which signals score the objects of an image, and where a score becomes a flag."""
+
+    signals: tuple[str, ...] = field(
+        default=("self-probe", "lens"), metadata={"help": f"Signals that flag hallucinated objects: {', '.join(SIGNALS)}."}
+    )
+    tau: float = field(default=0.5, metadata={"help": "Flag a category when its hallucination score h > tau (affirm it when h < 1 - tau)."})
+    probe_offset: float = field(default=0.0, metadata={"help": "A self-probe yes-margin below this counts against the object."})
+    probe_scale: float = field(default=1.0, metadata={"help": "Yes-margin units that move the self-probe's h from 0.5 to σ(1)."})
+    samples: int = field(default=8, metadata={"help": "Sampled captions per image for the consistency signal."})
+    lens_temperature: float = field(default=0.1, metadata={"help": "The lens signal's cosine softmax temperature."})
+    null_image: str = field(default="none", metadata={"help": f"The contrast signal's null image: {', '.join(NULL_IMAGES)}."})
+    questions_per_image: int = field(default=8, metadata={"help": "Most yes/no questions per image: half affirmed objects, as many flagged."})
+    categories: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "The question/flag pool (default: the lexicon's categories the tokenizer names)."}
+    )
+    lexicon: str | None = field(default=None, metadata={"help": "Extra object words, one 'word' or 'word: category' per line."})
+
+    def __post_init__(self) -> None:
+        self.signals = tuple(self.signals)
+        unknown = [s for s in self.signals if s not in SIGNALS]
+        if unknown or not self.signals:
+            raise SeedError(f"--identify takes {', '.join(SIGNALS)}; got {', '.join(unknown) or 'nothing'}")
+        if self.samples < 1:
+            raise SeedError(f"--samples must be at least 1, not {self.samples}")
+        if self.null_image not in NULL_IMAGES:
+            raise SeedError(f"--null-image takes {', '.join(NULL_IMAGES)}, not {self.null_image!r}")
+        if self.categories is not None:
+            self.categories = tuple(self.categories)
+
+
+@dataclass
+class PurifyConfig:
+    """Options of one purification run."""
+
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    repair_beams: int = field(default=4, metadata={"help": "Beams of the purified decoding that repairs captions."})
+    top_k: int = field(default=8, metadata={"help": "Stored top-K width."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Longest caption the teacher writes."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample the teacher's captions (T=1) instead of greedy decoding."})
+    batch_size: int = field(default=16, metadata={"help": "Responses per teacher forward pass."})
+    shard_size: int = field(default=32, metadata={"help": "Images per stored shard (the unit of resumption)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampled signals and captions (shard s uses seed + s)."})
+
+
+# --------------------------------------------------------------------------- distill
+@dataclass
+class HEAConfig:
+    """The adapter's shape: a LoRA on the language model's attention and MLP projections."""
+
+    rank: int = field(default=16, metadata={"help": "LoRA rank of the HEA."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha of the HEA."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout of the HEA."})
+    target_modules: str | None = field(
+        default=None, metadata={"help": "PEFT target_modules regex (default: the family's language-model projections)."}
+    )
+
+    def __post_init__(self):
+        if self.rank < 1 or self.alpha < 1:
+            raise SeedError(f"the HEA's rank and alpha must be at least 1, not {self.rank}, {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise SeedError(f"the HEA's dropout must be in [0, 1), not {self.dropout}")
+
+
+@dataclass
+class DistillConfig:
+    """How to train the HEA on one set of purified shards (``max_steps``, optimizer steps,
+    overrides ``epochs`` when set)."""
+
+    loss: str = field(
+        default="reverse-kl",
+        metadata={"help": "reverse-kl (SEED, mode-seeking), forward-kl (mass-covering), jsd (generalized JSD, --beta) or sft (cross-entropy on the repaired responses)."},
+    )
+    beta: float = field(default=0.5, metadata={"help": "With --loss jsd: 0 → forward KL, 1 → reverse KL."})
+    eps: float = field(default=DEFAULT_EPS, metadata={"help": "Floor of p̃ in the reverse KL (keep it ≪ 1/vocabulary)."})
+    chunk_size: int | None = field(
+        default=None, metadata={"help": "Reverse KL over this many time steps at a time, recomputed in backward (saves memory on large vocabularies)."}
+    )
+    site_weight: float = field(
+        default=4.0, metadata={"help": "Loss weight of hallucination sites, the tokens purification changed (1 = unweighted)."}
+    )
+    captions: str = field(
+        default="all", metadata={"help": "Captions the adapter trains on: all, repaired (the ones purification changed) or none; answers always."}
+    )
+    hea: HEAConfig = field(default_factory=HEAConfig)
+    lr: float = field(default=4e-4, metadata={"help": "Learning rate of the adapter."})
+    lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": f"Learning-rate schedule: {', '.join(SCHEDULERS)}."})
+    warmup_steps: int = field(default=0, metadata={"help": "Learning-rate warm-up steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
+    epochs: int = field(default=2, metadata={"help": "Passes over each round's purified responses."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps (overrides --epochs)."})
+    batch_size: int = field(default=16, metadata={"help": "Responses per forward pass (per process)."})
+    grad_accum: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPUs that support it, off elsewhere), no, bf16 or fp16."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward (less memory, slower)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the adapter's initialisation and the data order."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise SeedError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        if self.captions not in CAPTIONS:
+            raise SeedError(f"captions must be one of {', '.join(CAPTIONS)}, not {self.captions!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise SeedError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, not {self.mixed_precision!r}")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise SeedError(f"the learning-rate schedule must be one of {', '.join(SCHEDULERS)}, not {self.lr_scheduler!r}")
+        if min(self.batch_size, self.grad_accum, self.epochs) < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise SeedError("batch size, gradient accumulation, epochs and max steps must be at least 1")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise SeedError(f"the loss chunk size must be at least 1, not {self.chunk_size}")
+        if not self.lr > 0:
+            raise SeedError(f"learning rate must be > 0, not {self.lr}")
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class PopeConfig:
+    """Which POPE questions a model answers, on which images, and how."""
+
+    splits: tuple[str, ...] = field(default=POPE_SPLITS, metadata={"help": f"POPE splits to run, comma-separated: {', '.join(POPE_SPLITS)}."})
+    images: str | None = field(default=None, metadata={"help": "Folder holding the image files the questions (or annotations) name."})
+    questions: str | None = field(
+        default=None,
+        metadata={
+            "help": "Question file (JSON Lines or JSON array; '{split}' in the path stands for each split) or a shipped "
+            "name (random, popular, adversarial, random.v2023-08). Default: the shipped COCO split(s) with --model, the embedded world's without."
+        },
+    )
+    annotations: str | None = field(
+        default=None, metadata={"help": "COCO-format instances JSON: build the questions from it (as build-pope does, seeded by --build-seed)."}
+    )
+    num_images: int = field(default=500, metadata={"help": "With --annotations: images to sample per split (6 questions each)."})
+    build_seed: int = field(default=0, metadata={"help": "With --annotations: the question-building seed."})
+    protocol: str = field(
+        default="greedy",
+        metadata={
+            "help": "greedy: question + '\\nAnswer the question using a single word or phrase.', greedy decoding; "
+            "sampling: question + ' Please answer this question with one word.', T=1, top_p=1, one run per --seeds."
+        },
+    )
+    seeds: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "Sampling seeds, comma-separated (default 1,2,3); metrics are the mean with the std over seeds."}
+    )
+    parser: str = field(
+        default="official",
+        metadata={"help": "official (RUCAIBox/POPE rule: any word No/no/not → no, else yes) or strict (unparsed answers counted and scored wrong)."},
+    )
+    batch_size: int = field(default=32, metadata={"help": "Questions per forward pass or generate call."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest answer generated."})
+
+    def __post_init__(self):
+        object.__setattr__(self, "splits", tuple(self.splits))
+        if not self.splits or any(s not in POPE_SPLITS for s in self.splits):
+            raise SeedError(f"--splits takes {', '.join(POPE_SPLITS)}; got {', '.join(self.splits) or 'nothing'}")
+        if self.protocol not in PROTOCOLS:
+            raise SeedError(f"--protocol must be greedy or sampling, not {self.protocol!r}")
+        if self.parser not in PARSERS:
+            raise SeedError(f"unknown parser {self.parser!r}: choose {' or '.join(PARSERS)}")
+        if self.batch_size < 1:
+            raise SeedError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise SeedError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
+        if self.protocol == "greedy" and self.seeds is not None:
+            raise SeedError("--seeds applies to --protocol sampling only (greedy decoding has no randomness)")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise SeedError("--seeds must list distinct integers, e.g. 1,2,3")
+        if self.questions is not None and self.annotations is not None:
+            raise SeedError("give either --questions or --annotations (to build the questions), not both")
+        if self.questions is not None and len(self.splits) > 1 and "{split}" not in self.questions:
+            raise SeedError("--questions gives one split; for several put {split} in its path, or use --annotations")
+
+    def run_seeds(self) -> list[int | None]:
+        """One run per sampling seed; one unseeded run for greedy decoding."""
+        return list(self.seeds or DEFAULT_SEEDS) if self.protocol == "sampling" else [None]
+
+
+@dataclass(frozen=True)
+class ChairConfig:
+    """Which annotated images a model captions for CHAIR, and how they are scored."""
+
+    images: str | None = field(default=None, metadata={"help": "Folder holding the annotated image files."})
+    annotations: str | None = field(default=None, metadata={"help": "COCO-format instances JSON: the ground-truth objects of each image."})
+    ref_captions: str | None = field(
+        default=None, metadata={"help": "COCO captions JSON: objects named in the reference captions also count as present."}
+    )
+    lexicon: str | None = field(
+        default=None, metadata={"help": "Extra object words, one 'word' or 'word: category' per line, added to COCO's 80 categories."}
+    )
+    num_images: int = field(default=500, metadata={"help": "Annotated images to caption, sampled with --image-seed (all if fewer)."})
+    image_seed: int = field(default=0, metadata={"help": "Seed of the image sample."})
+    batch_size: int = field(default=8, metadata={"help": "Images per generate call."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest caption generated."})
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_images < 1:
+            raise SeedError("--batch-size, --max-new-tokens and --num-images must be at least 1")
+
+
+# --------------------------------------------------------------------------- evolve
+@dataclass
+class EvolveConfig:
+    """One self-evolution run: purification and distillation options, where the data comes from,
+    and how rounds are kept.
+
+    Purification uses ``images`` (default: the embedded world's purify split; ``annotations`` only
+    feed the ``oracle`` signal); evaluation uses ``eval_images`` + ``eval_annotations`` (default:
+    the world's held-out split and its POPE files; otherwise POPE is built from the annotations
+    with ``pope_images`` images per split). Rounds are ranked by ``selection_split`` F1, rounds
+    whose yes-ratio lies inside ``yes_ratio`` and whose caption object recall keeps ``min_recall``
+    of the base's first (fewer objects named hides hallucination, method.md).
+    """
+
+    rounds: int = field(default=2, metadata={"help": "Most purify → distil → evaluate rounds."})
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    purify: PurifyConfig = field(default_factory=PurifyConfig)
+    images: str | None = field(
+        default=None, metadata={"help": "Unlabelled images to purify (required with --model; default: the world's purify split)."}
+    )
+    annotations: str | None = field(default=None, metadata={"help": "COCO instances of --images; only the oracle signal reads them."})
+    eval_images: str | None = field(default=None, metadata={"help": "Held-out images for POPE and CHAIR (required with --model)."})
+    eval_annotations: str | None = field(
+        default=None, metadata={"help": "COCO instances of --eval-images: POPE is built from them, CHAIR scored against them."}
+    )
+    pope_images: int = field(default=500, metadata={"help": "With --eval-annotations: images per POPE split (6 questions each)."})
+    chair_images: int = field(default=500, metadata={"help": "Images captioned for CHAIR."})
+    selection_split: str = field(default="adversarial", metadata={"help": f"The POPE split whose F1 ranks the rounds: {', '.join(POPE_SPLITS)}."})
+    patience: int = field(default=1, metadata={"help": "Stop after this many rounds without a better selection F1."})
+    yes_ratio: tuple[float, float] = field(
+        default=(0.40, 0.60), metadata={"help": "Yes-ratio window: rounds inside it rank first; a round moving away from it stops the run."}
+    )
+    min_recall: float = field(
+        default=0.9, metadata={"help": "Stop when caption object recall falls below this share of the base's; such rounds are kept last."}
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Questions per forward pass when evaluating."})
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.patience < 1:
+            raise SeedError("--rounds and --patience must be at least 1")
+        if not 0 <= self.min_recall <= 1:
+            raise SeedError(f"--min-recall is a share of the base's recall in [0, 1], not {self.min_recall}")
+        if self.selection_split not in POPE_SPLITS:
+            raise SeedError(f"the selection split must be one of {', '.join(POPE_SPLITS)}, not {self.selection_split!r}")
+        lo, hi = self.yes_ratio
+        if not 0 <= lo < hi <= 1:
+            raise SeedError(f"the yes-ratio window must satisfy 0 <= low < high <= 1, not {self.yes_ratio}")
+        self.yes_ratio = (float(lo), float(hi))
