@@ -10,6 +10,7 @@ checkpoint's config.json, never by its name.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from seed.adapters.base import VisionLanguageModel, diffusion_noise
@@ -60,15 +61,7 @@ def load_spec(spec: ModelSpec) -> VisionLanguageModel:
     """:func:`load` with the arguments a :class:`~seed.config.ModelSpec` holds."""
     if spec.model is None:
         raise SeedError("no model given (--model)")
-    return load(
-        spec.model,
-        adapter=spec.adapter,
-        device=spec.device,
-        dtype=spec.dtype,
-        load_in_4bit=spec.load_in_4bit,
-        load_in_8bit=spec.load_in_8bit,
-        trust_remote_code=spec.trust_remote_code,
-    )
+    return load(spec.model, **{k: v for k, v in dataclasses.asdict(spec).items() if k != "model"})
 
 
 def merge_and_export(vlm: VisionLanguageModel, out_dir: str | Path) -> Path:

@@ -160,7 +160,7 @@ def _strip_volatile(config):
 
 
 def _extend_model_card(path: Path, vlm: VisionLanguageModel, config, metadata: dict) -> None:
-    """Add the ``seed`` tag and a SEED section (what the adapter is, how to load it) to PEFT's card."""
+    """Add the ``seed`` tag and, at the top, a SEED section (what the adapter is, how to load it) to PEFT's card."""
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(path) if path.is_file() else ModelCard("---\nlibrary_name: peft\n---\n")
@@ -196,5 +196,5 @@ def _extend_model_card(path: Path, vlm: VisionLanguageModel, config, metadata: d
         "",
         f'With seed: `seed.adapters.load({base!r}, adapter="path/to/this/folder")`.',
     ]
-    card.text = card.text.rstrip() + "\n\n" + "\n".join(section) + "\n"
+    card.text = "\n" + "\n".join(section) + "\n\n" + card.text.lstrip()  # ours first, PEFT's template after
     card.save(path)

@@ -9,7 +9,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from seed.adapters import VisionLanguageModel, load_spec
 from seed.config import ModelSpec, PopeConfig
@@ -77,18 +77,26 @@ def answers_path(output: str | Path, split: str | None = None, seed: int | None 
     return output.with_name(".".join(parts) + ".answers.jsonl")
 
 
-def question_sets(config: PopeConfig) -> dict[str, tuple[list[dict], str, str]]:
-    """Per split: (questions, md5, where they came from)."""
+class SplitQuestions(NamedTuple):
+    """The questions of one split, their md5 (for manifests) and where they came from."""
+
+    questions: list[dict]
+    md5: str
+    source: str
+
+
+def question_sets(config: PopeConfig) -> dict[str, SplitQuestions]:
+    """The questions of each split of ``config``."""
     sets = {}
     for split in config.splits:
         if config.annotations is not None:
             built = build_pope(config.annotations, split, num_images=config.num_images, seed=config.build_seed)
             where = f"built from {config.annotations} ({split}, {config.num_images} images, seed {config.build_seed})"
-            sets[split] = (built, _questions_md5(built), where)
+            sets[split] = SplitQuestions(built, _questions_md5(built), where)
             continue
         source = split if config.questions is None else config.questions.replace("{split}", split)
         qs = load_questions(source)
-        sets[split] = (qs.questions, qs.md5, str(qs.path))
+        sets[split] = SplitQuestions(qs.questions, qs.md5, str(qs.path))
     return sets
 
 
@@ -110,7 +118,7 @@ def evaluate_pope(
     sets = question_sets(config)
     if config.images is None:
         raise SeedError("running a model on POPE needs --images DIR (the folder of the questions' image files)")
-    check_images(config.images, [q["image"] for qs, _, _ in sets.values() for q in qs])
+    check_images(config.images, [q["image"] for s in sets.values() for q in s.questions])
     vlm = load_spec(model) if isinstance(model, ModelSpec) else model
 
     per_seed: list[dict[str, dict]] = []
@@ -118,7 +126,8 @@ def evaluate_pope(
     files: dict[str, str] = {}
     for seed in config.run_seeds():
         scores = {}
-        for split, (qs, _, _) in sets.items():
+        for split, split_questions in sets.items():
+            qs = split_questions.questions
             start = time.time()
             records, counts = answer_pope(
                 vlm, qs, config.images, protocol=config.protocol, seed=seed, decoding=decoding, parser=config.parser,
@@ -146,7 +155,7 @@ def evaluate_pope(
 def _manifest(vlm, config: PopeConfig, decoding: Decoding, sets, answered: dict, files: dict) -> dict:
     manifest = make_manifest(
         parser=config.parser,
-        questions_md5=next(iter(sets.values()))[1] if len(sets) == 1 else {s: v[1] for s, v in sets.items()},
+        questions_md5=next(iter(sets.values())).md5 if len(sets) == 1 else {s: v.md5 for s, v in sets.items()},
         model=vlm.name_or_path,
         adapter=vlm.adapter,
         protocol=config.protocol,
@@ -159,7 +168,7 @@ def _manifest(vlm, config: PopeConfig, decoding: Decoding, sets, answered: dict,
         family=vlm.family,
         dtype=str(vlm.dtype).removeprefix("torch."),
         images=str(config.images),
-        questions={s: v[2] for s, v in sets.items()},
+        questions={s: v.source for s, v in sets.items()},
         answered=answered,
         answers_files=files or None,
     )
