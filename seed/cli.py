@@ -42,7 +42,7 @@ EVOLVE = Options(
         "patience", "yes_ratio", "min_recall", "eval_batch_size", "distill.loss", "distill.beta", "distill.site_weight",
         "distill.captions", "distill.hea.rank", "distill.hea.alpha", "distill.lr", "distill.lr_scheduler", "distill.warmup_steps",
         "distill.epochs", "distill.max_steps", "distill.batch_size", "distill.grad_accum", "distill.chunk_size",
-        "purify.identify.signals", "purify.identify.tau",
+        "purify.identify.signals", "purify.identify.tau", "purify.max_new_tokens",
     ),
     names={"purify.identify.signals": "identify"},
 )  # fmt: skip

@@ -85,7 +85,7 @@ class IdentifyConfig:
     null_image: str = field(default="none", metadata={"help": f"The contrast signal's null image: {', '.join(NULL_IMAGES)}."})
     questions_per_image: int = field(default=8, metadata={"help": "Most yes/no questions per image: half affirmed objects, as many flagged."})
     categories: tuple[str, ...] | None = field(
-        default=None, metadata={"help": "The question/flag pool (default: the lexicon's categories the tokenizer names)."}
+        default=None, metadata={"help": "The question/flag pool (default: every lexicon category the tokenizer can spell, in however many tokens)."}
     )
     lexicon: str | None = field(default=None, metadata={"help": "Extra object words, one 'word' or 'word: category' per line."})
 
@@ -109,7 +109,9 @@ class PurifyConfig:
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     repair_beams: int = field(default=4, metadata={"help": "Beams of the purified decoding that repairs captions."})
     top_k: int = field(default=8, metadata={"help": "Stored top-K width."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Longest caption the teacher writes."})
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Longest caption the teacher writes (tokens); a caption cut by it is not stored as a target."}
+    )
     do_sample: bool = field(default=False, metadata={"help": "Sample the teacher's captions (T=1) instead of greedy decoding."})
     batch_size: int = field(default=16, metadata={"help": "Responses per teacher forward pass."})
     shard_size: int = field(default=32, metadata={"help": "Images per stored shard (the unit of resumption)."})

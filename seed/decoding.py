@@ -23,7 +23,7 @@ from seed.adapters import diffusion_noise
 from seed.config import Decoding, PurifyConfig
 from seed.errors import SeedError
 from seed.identify import identify_images
-from seed.isolate import answer_token_ids, banned_answer, banned_ids, object_token_map, split_claims
+from seed.isolate import SurfaceBans, answer_token_ids, banned_answer, split_claims
 from seed.lexicon import ObjectLexicon
 from seed.prompts import CAPTION_PROMPT
 from seed.purge import PurgeProcessor, contrastive_purge
@@ -100,7 +100,7 @@ class PurifiedDecoding:
     def __init__(self, vlm, config: PurifyConfig | None = None):
         self.vlm, self.config = vlm, config or PurifyConfig()
         self.lexicon = ObjectLexicon.default(self.config.identify.lexicon)
-        self.token_map = object_token_map(vlm.tokenizer, self.lexicon)
+        self.bans = SurfaceBans(vlm.tokenizer, self.lexicon, self.config.identify.categories or self.lexicon.categories)
         self.yes, self.no = answer_token_ids(vlm)
         self.scores: dict[str, dict[str, float]] = {}
 
@@ -117,20 +117,19 @@ class PurifiedDecoding:
             ims = list(todo.values())
             captions = self.vlm.generate(ims, [CAPTION_PROMPT] * len(ims), max_new_tokens=config.max_new_tokens, do_sample=config.do_sample)
             found = identify_images(
-                self.vlm, ims, captions, config.identify, self.lexicon, self.token_map,
+                self.vlm, ims, captions, config.identify, self.lexicon, self.bans,
                 batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
             )  # fmt: skip
             self.scores.update(zip(todo, found.scores))
         return keys
 
     def processor(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> PurgeProcessor:
-        banned = []
+        banned, flagged_rows = [], []
         for key, prompt in zip(self.identify(images), prompts):
             scores = self.scores[key]
             flagged, affirmed = split_claims(scores, self.config.identify.tau)
-            ids = banned_ids(flagged, self.token_map)
             about = {m.category for m in self.lexicon.find(prompt)} & set(scores)
-            if (answer := banned_answer(about, flagged, affirmed, self.yes, self.no)) is not None:
-                ids.add(answer)
-            banned.append(ids)
-        return PurgeProcessor(banned, self.token_map)
+            answer = banned_answer(about, flagged, affirmed, self.yes, self.no)
+            banned.append(set() if answer is None else {answer})
+            flagged_rows.append(flagged)
+        return PurgeProcessor(banned, flagged_rows, self.bans)

@@ -20,7 +20,8 @@ selected signals combine as a product of experts (:func:`combine`). Signals (``-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from seed.config import SIGNALS, IdentifyConfig
 from seed.errors import SeedError
-from seed.isolate import answer_token_ids, category_tokens, split_claims
+from seed.isolate import SurfaceBans, answer_token_ids, split_claims
 from seed.lexicon import ObjectLexicon
 from seed.prompts import CAPTION_PROMPT, probe_question
 
@@ -78,22 +79,42 @@ def to_unit(scores: Tensor, *, offset: float = 0.0, scale: float = 1.0) -> Tenso
 
 @dataclass
 class TokenMention:
-    """An object named in a response: its category and the response token that starts it."""
+    """An object named in a response: its category, its words, and the response tokens
+    ``[start, end)`` that spell them."""
 
     category: str
     surface: str
-    token: int
-    scores: dict[str, float] = field(default_factory=dict)
+    start: int
+    end: int
 
 
-def find_mentions(tokenizer, response_ids: list[int], lexicon: ObjectLexicon) -> list[TokenMention]:
-    """Object mentions of one response, each mapped to the first token of its surface form."""
-    ends = [len(tokenizer.decode(response_ids[: i + 1], skip_special_tokens=True)) for i in range(len(response_ids))]
-    text = tokenizer.decode(response_ids, skip_special_tokens=True)
+def token_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """A response's text and each token's character span in it (special tokens: empty spans at
+    the end). One encoding with offsets where it reproduces ``ids``; else prefix by prefix."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    special = set(tokenizer.all_special_ids)
+    plain = [i for i, t in enumerate(ids) if t not in special]
+    spans = [(len(text), len(text))] * len(ids)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if encoded["input_ids"] == [ids[i] for i in plain]:
+        for i, span in zip(plain, encoded["offset_mapping"]):
+            spans[i] = tuple(span)
+        return text, spans
+    start = 0
+    for i in plain:
+        end = len(tokenizer.decode([ids[k] for k in plain if k <= i], skip_special_tokens=True))
+        spans[i], start = (start, end), end
+    return text, spans
+
+
+def find_mentions(tokenizer, response_ids: Sequence[int], lexicon: ObjectLexicon) -> list[TokenMention]:
+    """Object mentions of one response, each mapped to the span of tokens its surface occupies."""
+    text, spans = token_spans(tokenizer, response_ids)
     out = []
     for m in lexicon.find(text):
-        token = next(i for i, end in enumerate(ends) if end > m.start)
-        out.append(TokenMention(m.category, m.surface, token))
+        inside = [i for i, (a, b) in enumerate(spans) if a < m.end and b > m.start]
+        if inside:
+            out.append(TokenMention(m.category, m.surface, inside[0], inside[-1] + 1))
     return out
 
 
@@ -115,14 +136,23 @@ def consistency_scores(mentions: list[set[str]], samples: int, categories: list[
 
 
 @torch.no_grad()
-def lens_scores(vlm, images: list[Image.Image], words: dict[str, list[int]], temperature: float = 0.1) -> list[dict[str, float]]:
+def lens_scores(vlm, images: list[Image.Image], words: dict[str, list[tuple[int, ...]]], temperature: float = 0.1) -> list[dict[str, float]]:
     """h(c) = 1 − max_p P(c | image token p), each image token read as a word by cosine softmax
-    over the word embeddings; ``words`` maps a category to the token ids that spell it whole."""
+    over the word embeddings. ``words`` maps a category to its spellings (token-id tuples): the
+    one-token ones add up; a category spelt only in pieces scores the geometric mean over its
+    pieces of their best image token."""
     table = torch.nn.functional.normalize(vlm.word_embeddings().float(), dim=-1)
     out = []
     for states in vlm.image_states(images):
         probs = (torch.nn.functional.normalize(states.to(table.device), dim=-1) @ table.T / temperature).softmax(-1)
-        out.append({c: 1.0 - probs[:, ids].sum(-1).max().item() for c, ids in words.items()})
+        scores = {}
+        for c, spellings in words.items():
+            whole = [ids[0] for ids in spellings if len(ids) == 1]
+            if whole:
+                scores[c] = 1.0 - probs[:, whole].sum(-1).max().item()
+            else:
+                scores[c] = 1.0 - max(probs[:, list(ids)].max(0).values.log().mean().exp().item() for ids in spellings)
+        out.append(scores)
     return out
 
 
@@ -189,7 +219,7 @@ def category_scores(
     margins: list[dict[str, float]],
     config: IdentifyConfig,
     lexicon: ObjectLexicon,
-    token_map: dict[int, str],
+    bans: SurfaceBans,
     truth: list[set[str]] | None,
     max_new_tokens: int,
 ) -> list[dict[str, float]]:
@@ -213,7 +243,7 @@ def category_scores(
         for i, scores in enumerate(_consistency(vlm, images, pools, config.samples, lexicon, max_new_tokens)):
             per_image[i].append(scores)
     if "lens" in config.signals:
-        words = {c: ids for c, ids in category_tokens(token_map).items() if c in (pools[0] if n else ())}
+        words = {c: ids for c, ids in bans.category_ids().items() if c in (pools[0] if n else ())}
         for i, scores in enumerate(lens_scores(vlm, images, words, config.lens_temperature)):
             per_image[i].append(scores)
     if "oracle" in config.signals:
@@ -257,10 +287,11 @@ def _mention_scores(vlm, images, captions, signals, config, lexicon) -> list[lis
     for b in range(len(images)):
         found: dict[str, dict[str, float]] = {s: {} for s in signals}
         for m in find_mentions(vlm.tokenizer, ids[b][mask[b]].tolist(), lexicon):
+            span = slice(m.start, m.end)  # the whole mention: log p of its tokens add up
             if g is not None:
-                found["contrast"][m.category] = max(found["contrast"].get(m.category, 0.0), to_unit(-g[b, m.token]).item())
+                found["contrast"][m.category] = max(found["contrast"].get(m.category, 0.0), to_unit(-g[b, span].sum()).item())
             if "uncertainty" in found:
-                found["uncertainty"][m.category] = max(found["uncertainty"].get(m.category, 0.0), 1 - logp[b, m.token].exp().item())
+                found["uncertainty"][m.category] = max(found["uncertainty"].get(m.category, 0.0), 1 - logp[b, span].sum().exp().item())
         out.append([found[s] for s in signals])
     return out
 
@@ -282,14 +313,14 @@ def identify_images(
     captions: list[str],
     config: IdentifyConfig,
     lexicon: ObjectLexicon,
-    token_map: dict[int, str],
+    bans: SurfaceBans,
     truth: list[set[str]] | None = None,
     *,
     batch_size: int = 16,
     max_new_tokens: int = 48,
 ) -> Identification:
     """Probe and score a batch of captioned images (method.md §2); ``batch_size`` × 4 probes per forward."""
-    pool = list(config.categories or sorted(set(token_map.values())))
+    pool = list(config.categories or sorted(bans.category_ids()))  # default: every category the tokenizer can spell
     n = len(images)
     flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], batch_size * 4)
     margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
@@ -299,7 +330,7 @@ def identify_images(
     for i in range(n):
         rest = sorted((c for c in pool if c not in mentioned[i]), key=lambda c: -margins[i][c])
         candidates.append((mentioned[i] + rest)[: max(config.questions_per_image, len(mentioned[i]))])
-    scores = category_scores(vlm, images, captions, candidates, margins, config, lexicon, token_map, truth, max_new_tokens)
+    scores = category_scores(vlm, images, captions, candidates, margins, config, lexicon, bans, truth, max_new_tokens)
     asked = [balanced_questions(scores[i], margins[i], config.tau, config.questions_per_image) for i in range(n)]
     return Identification(captions, margins, asked, scores)
 

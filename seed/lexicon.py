@@ -88,6 +88,21 @@ def _singular_candidates(word: str) -> list[str]:
     return out
 
 
+def _plurals(name: str) -> list[str]:
+    """English plurals of a (possibly multi-word) name: its last word pluralized."""
+    head, _, last = name.rpartition(" ")
+    forms = [k for k, v in IRREGULAR_PLURALS.items() if v == last]
+    if last.endswith(("s", "x", "z", "ch", "sh")):
+        forms.append(last + "es")
+    elif last.endswith("y") and last[-2:-1] not in ("a", "e", "i", "o", "u"):
+        forms.append(last[:-1] + "ies")
+    elif last.endswith("man"):
+        forms.append(last[:-3] + "men")
+    else:
+        forms.append(last + "s")
+    return [f"{head} {f}" if head else f for f in forms]
+
+
 def _split_name(name: str) -> tuple[str, ...]:
     return tuple(w.norm for w in _words(name))
 
@@ -164,6 +179,25 @@ class ObjectLexicon:
             if (m.start, m.end) == (words[0].start, words[-1].end):
                 return m.category
         return None
+
+    def surface_forms(self, category: str) -> list[str]:
+        """Every way a text can name ``category``: its names and their plurals, each one the
+        lexicon reads back as that category (e.g. "dog", "dogs", "puppy", "puppies")."""
+        forms = []
+        for name, c in self._names.items():
+            if c == category:
+                forms += [f for f in (name, *_plurals(name)) if self.category_of(f) == category]
+        return list(dict.fromkeys(forms))
+
+    def longer_names(self, surface: str) -> list[tuple[str, ...]]:
+        """The words that, before ``surface``, make a longer name of something else: ("hot",) for
+        "dog" (hot dog), ("teddy",) for "bear" (teddy bear)."""
+        key = _split_name(surface)
+        out = []
+        for phrase, category in self._phrases.items():
+            if len(phrase) > len(key) and phrase[-len(key) :] == key and category != self.category_of(surface):
+                out.append(phrase[: -len(key)])
+        return out
 
     def find(self, text: str) -> list[Mention]:
         """Every object mention in ``text``, left to right, with character spans into it."""

@@ -9,12 +9,13 @@ All outputs are fp32 (scores, probabilities) or bool/long (flags, ids).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import Tensor
 
 from seed.errors import SeedError
+from seed.isolate import SurfaceBans
 
 
 def effective_flags(topk_probs: Tensor, flagged: Tensor) -> Tensor:
@@ -104,20 +105,21 @@ def repair_tokens(emitted_ids: Tensor, topk_ids: Tensor, purified_probs: Tensor,
 class PurgeProcessor:
     """Purified decoding (method.md §4) as a transformers logits processor.
 
-    At every step the candidates of H_t get zero probability: ``banned[b]`` holds row b's flagged
-    token ids. With ``objects`` (token id → object category), a row never names an object it
-    has already generated (the prompt is what the first call sees): with its doubtful objects
-    banned a small model otherwise fills the gap by repeating a safe one. One instance per
-    ``generate`` call; under beam search each item's beams share its ``banned`` row.
+    At every step the candidates of H_t get zero probability: ``banned[b]`` holds token ids row b
+    must never emit (e.g. a "Yes" about a flagged object); with ``surfaces``, every token that
+    would start or continue a ``flagged[b]`` object, and, so that a small model does not fill the
+    gap left by its doubtful objects by repeating a safe one, any object the row has already named
+    (:class:`~seed.isolate.SurfaceBans`). One instance per ``generate`` call; under beam search
+    each item's beams share its row.
     """
 
-    def __init__(self, banned: Sequence[Collection[int]], objects: Mapping[int, str] | None = None):
-        self.banned = [sorted(b) for b in banned]
+    def __init__(
+        self, banned: Sequence[Collection[int]], flagged: Sequence[Collection[str]] | None = None, surfaces: SurfaceBans | None = None
+    ):
+        self.banned = [set(b) for b in banned]
+        self.flagged = list(flagged) if flagged is not None else [set() for _ in banned]
+        self.surfaces = surfaces
         self.prompt_length: int | None = None
-        self.objects = dict(objects or {})
-        self.ids_of: dict[str, list[int]] = {}
-        for token, category in self.objects.items():
-            self.ids_of.setdefault(category, []).append(token)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if self.prompt_length is None:
@@ -125,8 +127,9 @@ class PurgeProcessor:
         scores = scores.clone()
         beams = input_ids.shape[0] // len(self.banned)
         for b, row in enumerate(input_ids[:, self.prompt_length :].tolist()):
-            named = {self.objects[t] for t in row if t in self.objects}
-            ids = self.banned[b // beams] + [t for c in named for t in self.ids_of[c]]
+            ids = set(self.banned[b // beams])
+            if self.surfaces is not None:
+                ids |= self.surfaces.banned(row, self.flagged[b // beams], no_repeat=True)
             if ids:
-                scores[b, ids] = float("-inf")
+                scores[b, sorted(ids)] = float("-inf")
         return scores

@@ -32,7 +32,7 @@ from seed.errors import SeedError
 from seed.config import PurifyConfig
 from seed.identify import identify_images
 from seed.io import atomic_write_text, image_files, iter_jsonl, library_versions, md5_strings, objects_by_file, open_image, write_json
-from seed.isolate import answer_token_ids, banned_answer, banned_ids, hallucination_sites, isolate, object_token_map, split_claims
+from seed.isolate import SurfaceBans, answer_token_ids, banned_answer, hallucination_sites, isolate, split_claims
 from seed.lexicon import ObjectLexicon
 from seed.prompts import CAPTION_PROMPT, probe_question
 from seed.purge import PurgeProcessor, purge, repair_tokens
@@ -47,6 +47,7 @@ class ImageResult:
     scores: dict[str, float] = field(default_factory=dict)  # category -> hallucination score h
     flagged: list[str] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)  # {"prompt", "response", "repaired", "category"?}
+    cut: bool = False  # the caption hit the token limit and is not stored
 
 
 class Response(NamedTuple):
@@ -66,24 +67,27 @@ def purify_images(
     names: list[str],
     config: PurifyConfig,
     lexicon: ObjectLexicon,
-    token_map: dict[int, str],
+    bans: SurfaceBans,
     truth: list[set[str]] | None = None,
 ) -> tuple[list[ImageResult], dict[str, torch.Tensor]]:
-    """Purify a batch of images: the readable results and the stored tensors."""
+    """Purify a batch of images: the readable results and the stored tensors. A caption the
+    token limit cut off is not stored: it would teach the student to stop mid-sentence."""
     n = len(images)
-    captions = vlm.generate(images, [CAPTION_PROMPT] * n, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample)
+    captions, finished = vlm.generate(
+        images, [CAPTION_PROMPT] * n, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, return_finished=True
+    )
     found = identify_images(
-        vlm, images, captions, config.identify, lexicon, token_map, truth, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens
+        vlm, images, captions, config.identify, lexicon, bans, truth, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens
     )
     claims = [split_claims(s, config.identify.tau) for s in found.scores]
     flagged, affirmed = [f for f, _ in claims], [a for _, a in claims]
-    repaired = repair_captions(vlm, images, captions, flagged, lexicon, token_map, config)
+    repaired, finished = repair_captions(vlm, images, captions, finished, flagged, lexicon, bans, config)
     responses = []  # in record order: each image's caption, then its questions
     for i in range(n):
-        responses.append(Response(i, CAPTION_PROMPT, repaired[i], None))
+        responses += [Response(i, CAPTION_PROMPT, repaired[i], None)] if finished[i] else []
         responses += [Response(i, probe_question(c), "Yes" if found.margins[i][c] > 0 else "No", c) for c in found.asked[i]]
-    tensors = purified_targets(vlm, images, responses, flagged, affirmed, token_map, config)
-    results = [ImageResult(names[i], found.scores[i], sorted(flagged[i])) for i in range(n)]
+    tensors = purified_targets(vlm, images, responses, flagged, affirmed, bans, config)
+    results = [ImageResult(names[i], found.scores[i], sorted(flagged[i]), cut=not finished[i]) for i in range(n)]
     for k, r in enumerate(responses):
         fixed = vlm.tokenizer.decode(tensors["token_ids"][k][tensors["mask"][k]], skip_special_tokens=True).strip()
         original = captions[r.image] if r.category is None else r.text
@@ -92,29 +96,33 @@ def purify_images(
     return results, tensors
 
 
-def repair_captions(vlm, images, captions: list[str], flagged: list[set[str]], lexicon, token_map, config: PurifyConfig) -> list[str]:
-    """Purified decoding (method.md §4) for every caption with a flagged mention; the rest as they are.
+def repair_captions(
+    vlm, images, captions: list[str], finished: list[bool], flagged: list[set[str]], lexicon, bans: SurfaceBans, config: PurifyConfig
+) -> tuple[list[str], list[bool]]:
+    """Purified decoding (method.md §4) for every caption with a flagged mention; the rest as they
+    are. Returns the captions and whether each ended before the token limit.
 
     Beam search lets a repair drop the doubtful item ("a knife and a fork." → "a knife.") instead
     of forcing some other object word where the banned one stood.
     """
     repair = [i for i, c in enumerate(captions) if any(m.category in flagged[i] for m in lexicon.find(c))]
-    out = list(captions)
+    out, done = list(captions), list(finished)
     if repair:
-        fixed = vlm.generate(
+        fixed, fixed_done = vlm.generate(
             [images[i] for i in repair],
             [CAPTION_PROMPT] * len(repair),
             max_new_tokens=config.max_new_tokens,
             num_beams=config.repair_beams,
-            logits_processor=PurgeProcessor([banned_ids(flagged[i], token_map) for i in repair], token_map),
+            logits_processor=PurgeProcessor([set() for _ in repair], [flagged[i] for i in repair], bans),
+            return_finished=True,
         )
-        for i, text in zip(repair, fixed):
-            out[i] = text
-    return out
+        for i, text, d in zip(repair, fixed, fixed_done):
+            out[i], done[i] = text, d
+    return out, done
 
 
 def purified_targets(
-    vlm, images, responses: Sequence[Response], flagged, affirmed, token_map, config: PurifyConfig
+    vlm, images, responses: Sequence[Response], flagged, affirmed, bans: SurfaceBans, config: PurifyConfig
 ) -> dict[str, torch.Tensor]:
     """Teacher top-K over the responses, with H_t purged (method.md §3–4).
 
@@ -134,7 +142,7 @@ def purified_targets(
         for b, r in enumerate(chunk):
             about = set() if r.category is None else {r.category}
             answer = banned_answer(about, flagged[r.image], affirmed[r.image], yes_id, no_id)
-            flags[b] = isolate(top[b], flagged[r.image], token_map, answer)
+            flags[b] = isolate(top[b], ids[b][mask[b]].tolist(), flagged[r.image], bans, answer)
         flags &= mask[..., None]
         parts.append(
             {
@@ -179,7 +187,7 @@ def purify(
         raise SeedError(f"{images}: no images to purify")
     truth = objects_by_file(annotations) if annotations else None
     lexicon = ObjectLexicon.default(config.identify.lexicon)
-    token_map = object_token_map(vlm.tokenizer, lexicon)
+    bans = SurfaceBans(vlm.tokenizer, lexicon, config.identify.categories or lexicon.categories)
     options = json.loads(json.dumps({"config": asdict(config), "images_md5": md5_strings(f.name for f in files)}))
     _start_manifest(out, vlm, adapter, options)
 
@@ -193,7 +201,7 @@ def purify(
         for s in mine:
             if not shard_paths(out, s)[0].is_file():
                 torch.manual_seed(config.seed + s)
-                records, tensors = purify_shard(vlm, shards[s], s, config, lexicon, token_map, truth)
+                records, tensors = purify_shard(vlm, shards[s], s, config, lexicon, bans, truth)
                 write_shard(out, s, records, tensors)
                 done_images += len(shards[s])
             bar.update(task, advance=len(shards[s]), rate=f"{done_images / (time.time() - start):.2f} images/s")
@@ -203,7 +211,7 @@ def purify(
     return out
 
 
-def purify_shard(vlm, files: list[Path], index: int, config, lexicon, token_map, truth) -> tuple[list[dict], dict[str, torch.Tensor]]:
+def purify_shard(vlm, files: list[Path], index: int, config, lexicon, bans, truth) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """One shard's records (unreadable images recorded as ``{"skipped": ...}``) and tensors."""
     loaded, names, skipped = [], [], []
     for f in files:
@@ -212,16 +220,17 @@ def purify_shard(vlm, files: list[Path], index: int, config, lexicon, token_map,
             names.append(f.name)
         except SeedError as e:
             skipped.append({"image": f.name, "error": str(e)})
-    records, tensors = [], {}
+    records, tensors, cut = [], {}, []
     if loaded:
         image_truth = [truth.get(n, set()) for n in names] if truth is not None else None
-        results, tensors = purify_images(vlm, loaded, names, config, lexicon, token_map, image_truth)
+        results, tensors = purify_images(vlm, loaded, names, config, lexicon, bans, image_truth)
         base = index * 1_000_000  # item ids stay unique across shards and resumes
         for r in results:
             for it in r.items:
                 records.append({"item": base + len(records), "image": r.image, **it, "flagged": r.flagged, "scores": r.scores})
         tensors["item"] = torch.arange(base, base + len(records))
-    return records + [{"skipped": k} for k in skipped], tensors
+        cut = [r.image for r in results if r.cut]
+    return records + [{"skipped": k} for k in skipped] + [{"cut_caption": name} for name in cut], tensors
 
 
 def _start_manifest(out: Path, vlm, adapter: str | None, options: dict) -> None:
@@ -235,10 +244,10 @@ def _start_manifest(out: Path, vlm, adapter: str | None, options: dict) -> None:
 
 
 def _finish(out: Path, num_shards: int, vlm, adapter, options) -> None:
-    records, skipped = [], []
+    records, skipped, cut = [], [], []
     for s in range(num_shards):
         for r in iter_jsonl(shard_paths(out, s)[1]):
-            (skipped.append(r["skipped"]) if "skipped" in r else records.append(r))
+            (skipped.append(r["skipped"]) if "skipped" in r else cut.append(r["cut_caption"]) if "cut_caption" in r else records.append(r))
     atomic_write_text(out / "purified.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     write_json(
         out / "manifest.json",
@@ -251,6 +260,7 @@ def _finish(out: Path, num_shards: int, vlm, adapter, options) -> None:
             "repaired_items": sum(r["response"] != r["repaired"] for r in records),
             "shards": [shard_paths(out, s)[0].name for s in range(num_shards)],
             "skipped": skipped,
+            "cut_captions": cut,  # captions the token limit cut off: not stored
             "versions": library_versions(),
         },
     )

@@ -124,3 +124,19 @@ def tiny_images() -> list[Image.Image]:
     second = Image.new("RGB", (96, 48), (20, 160, 40))
     second.paste((240, 240, 20), (60, 8, 90, 40))
     return [first, second]
+
+
+@pytest.fixture(scope="session")
+def llava15_dir(tmp_path_factory) -> Path:
+    """A llava-1.5-shaped checkpoint with a Llama-style subword tokenizer, taught three captions."""
+    from subword_models import build_llava15_like
+
+    return build_llava15_like(tmp_path_factory.mktemp("llava15"))
+
+
+@pytest.fixture(scope="session")
+def internvl_bpe_dir(tmp_path_factory) -> Path:
+    """A native InternVL-hf checkpoint with a Qwen2-style byte-level BPE tokenizer, taught three captions."""
+    from subword_models import build_internvl_bpe
+
+    return build_internvl_bpe(tmp_path_factory.mktemp("internvl-bpe"))

@@ -33,12 +33,19 @@ def test_uncertainty_and_to_unit():
         to_unit(torch.zeros(1), scale=0.0)
 
 
-def test_isolate_flags_the_candidates_that_name_a_flagged_object_and_the_banned_answer():
-    token_map = {3: "dog", 4: "dog", 5: "cup"}  # two spellings of dog
-    top = torch.tensor([[3, 5, 7], [4, 9, 8], [7, 8, 9]])
-    assert isolate(top, {"dog"}, token_map).tolist() == [[True, False, False], [True, False, False], [False, False, False]]
-    assert isolate(top, {"dog", "cup"}, token_map, answer=8).tolist() == [[True, True, False], [True, False, True], [False, True, False]]
-    assert not isolate(top, set(), token_map).any()
+def test_isolate_flags_the_candidates_that_would_name_a_flagged_object(tiny_llava_dir):
+    from transformers import AutoTokenizer
+
+    from seed.isolate import SurfaceBans
+    from seed.lexicon import ObjectLexicon
+
+    tok = AutoTokenizer.from_pretrained(tiny_llava_dir)
+    bans = SurfaceBans(tok, ObjectLexicon.default(), ["dog", "cup"])
+    dog, cup, red = tok.convert_tokens_to_ids(["dog", "cup", "red"])
+    top = torch.tensor([[dog, cup, red], [cup, red, dog]])
+    assert isolate(top, tok("a dog").input_ids, {"dog"}, bans).tolist() == [[True, False, False], [False, False, True]]
+    assert isolate(top, tok("a dog").input_ids, {"dog", "cup"}, bans, answer=red).tolist() == [[True, True, True]] * 2
+    assert not isolate(top, tok("a dog").input_ids, set(), bans).any()
 
 
 def test_hallucination_sites():
@@ -112,16 +119,24 @@ def test_contrastive_purge_limits_and_shapes():
         contrastive_purge(z, z_null, alpha=-1.0, beta=0.1)
 
 
-def test_purge_processor_bans_flagged_and_repeated_objects():
-    objects = {5: "dog", 6: "dog", 7: "cup"}  # two surface forms of "dog"
-    proc = PurgeProcessor([{7}, set()], objects)
+def test_purge_processor_bans_flagged_and_repeated_objects(tiny_llava_dir):
+    from transformers import AutoTokenizer
+
+    from seed.isolate import SurfaceBans
+    from seed.lexicon import ObjectLexicon
+
+    tok = AutoTokenizer.from_pretrained(tiny_llava_dir)
+    dog, cup, a = tok.convert_tokens_to_ids(["dog", "cup", "a"])
+    bans = SurfaceBans(tok, ObjectLexicon.default(), ["dog", "cup"])
+    V = len(tok)
+    proc = PurgeProcessor([{3}, set()], [{"cup"}, set()], bans)
     prompt = torch.tensor([[1, 2], [1, 2]])
-    scores = proc(prompt, torch.zeros(2, 10))
-    assert torch.isinf(scores[0, 7]) and torch.isfinite(scores[0]).sum() == 9 and torch.isfinite(scores[1]).all()
-    # row 1 has generated "dog": neither form of it may come again; the prompt never counts
-    scores = proc(torch.tensor([[1, 2, 3], [1, 2, 5]]), torch.zeros(2, 10))
-    assert torch.isinf(scores[1, [5, 6]]).all() and torch.isfinite(scores[1, 7])
-    # beam search: each item's beams share its banned row
-    beams = PurgeProcessor([{7}, set()], objects)
-    scores = beams(torch.ones(4, 2, dtype=torch.long), torch.zeros(4, 10))
-    assert torch.isinf(scores[:2, 7]).all() and torch.isfinite(scores[2:]).all()
+    scores = proc(prompt, torch.zeros(2, V))
+    assert torch.isinf(scores[0, [3, cup]]).all() and torch.isfinite(scores[0]).sum() == V - 2 and torch.isfinite(scores[1]).all()
+    # row 1 has generated "dog": it may not come again; the prompt never counts
+    scores = proc(torch.tensor([[1, 2, a, a], [1, 2, a, dog]]), torch.zeros(2, V))
+    assert torch.isinf(scores[1, dog]) and torch.isfinite(scores[1, cup]) and torch.isfinite(scores[0, dog])
+    # beam search: each item's beams share its row
+    beams = PurgeProcessor([set(), set()], [{"cup"}, set()], bans)
+    scores = beams(torch.ones(4, 2, dtype=torch.long), torch.zeros(4, V))
+    assert torch.isinf(scores[:2, cup]).all() and torch.isfinite(scores[2:]).all()

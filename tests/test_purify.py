@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -10,7 +12,7 @@ from seed.errors import SeedError
 from seed.identify import combine, consistency_scores, find_mentions, lens_scores, shared_evidence_scores
 from seed.lexicon import ObjectLexicon
 from seed.config import IdentifyConfig, PurifyConfig
-from seed.isolate import category_tokens, object_token_map
+from seed.isolate import SurfaceBans
 from seed.purify import purify
 from seed.targets import load_shards
 
@@ -34,29 +36,28 @@ def test_lens_reads_each_image_token_as_a_word():
         def image_states(self, images):
             return [torch.tensor([[0.0, 5.0, 0.0], [1.0, 1.0, 1.0]]), torch.ones(2, 3)]
 
-    scores = lens_scores(Fake(), [None, None], {"dog": [1], "cup": [0, 2]}, temperature=0.1)
+    scores = lens_scores(Fake(), [None, None], {"dog": [(1,)], "cup": [(0,), (2,)], "hot dog": [(0, 1)]}, temperature=0.1)
     p_dog = torch.tensor([0.0, 10.0, 0.0]).softmax(-1)[1].item()
     assert scores[0]["dog"] == pytest.approx(1 - p_dog) and scores[0]["dog"] < 1e-3
     # cup is spelt by two tokens: their probabilities add, at the token that shows it most.
     p_cup = max(2 * torch.tensor([0.0, 10.0, 0.0]).softmax(-1)[0].item(), 2 / 3)
     assert scores[0]["cup"] == pytest.approx(1 - p_cup)
-    assert scores[1] == pytest.approx({"dog": 2 / 3, "cup": 1 / 3})
+    # a name spelt only in pieces: the geometric mean of each piece's best image token
+    p_first = torch.tensor([0.0, 10.0, 0.0]).softmax(-1)[0].item()
+    assert scores[0]["hot dog"] == pytest.approx(1 - (max(p_first, 1 / 3) * (1 - 2 * p_first)) ** 0.5)
+    assert scores[1] == pytest.approx({"dog": 2 / 3, "cup": 1 / 3, "hot dog": 2 / 3})
 
 
-def test_category_tokens_invert_the_token_map():
-    assert category_tokens({5: "dog", 7: "dog", 9: "cup"}) == {"dog": [5, 7], "cup": [9]}
-
-
-def test_mentions_map_to_their_first_token(tiny_llava_dir):
+def test_mentions_map_to_their_tokens(tiny_llava_dir):
     from seed.adapters import load
 
     vlm = load(str(tiny_llava_dir), device="cpu")
     ids = vlm.tokenizer(" a dog and a red cup.", add_special_tokens=False).input_ids
     mentions = find_mentions(vlm.tokenizer, ids, ObjectLexicon.default())
     tokens = vlm.tokenizer.convert_ids_to_tokens(ids)
-    assert [(m.category, tokens[m.token]) for m in mentions] == [("dog", "dog"), ("cup", "cup")]
-    token_map = object_token_map(vlm.tokenizer, ObjectLexicon.default())
-    assert token_map[vlm.tokenizer.convert_tokens_to_ids("dog")] == "dog" and vlm.tokenizer.convert_tokens_to_ids("red") not in token_map
+    assert [(m.category, tokens[m.start : m.end]) for m in mentions] == [("dog", ["dog"]), ("cup", ["cup"])]
+    bans = SurfaceBans(vlm.tokenizer, ObjectLexicon.default(), ["dog", "cup"])
+    assert bans.category_ids()["dog"] == [(vlm.tokenizer.convert_tokens_to_ids("dog"),)]
 
 
 def test_unknown_signal_is_refused():
@@ -100,12 +101,14 @@ def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkey
 
     records_a, tensors_a = load_shards(full)
     records_b, tensors_b = load_shards(resumed)
-    assert records_a == records_b and sum("category" not in r for r in records_a) == 5  # one caption per readable image
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    captions = sum("category" not in r for r in records_a)
+    assert records_a == records_b and captions + len(manifest["cut_captions"]) == 5  # one caption per readable image
+    assert manifest["cut_captions"]  # 6 tokens cut this model's captions: none is taught as finished
     assert tensors_a.keys() == tensors_b.keys()
     for key in tensors_a:
         assert torch.equal(tensors_a[key], tensors_b[key]), key
-    manifest = (resumed / "manifest.json").read_text()
-    assert "broken.png" in manifest  # a corrupt image is skipped and counted
+    assert "broken.png" in json.dumps(manifest["skipped"])  # a corrupt image is skipped and counted
     probs = tensors_a["topk_probs"][tensors_a["mask"]]
     assert torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=1e-5)
     assert not (tensors_a["topk_probs"] * tensors_a["flags"]).any()  # purged candidates carry no mass
@@ -153,12 +156,14 @@ def test_answers_are_purged_on_both_sides(tiny_llava_dir):
     image = Image.new("RGB", (32, 32), (120, 30, 30))
     rows = [Response(0, probe_question(c), answer, c) for c, answer in (("cup", "Yes"), ("dog", "No"), ("car", "No"))]
     config = PurifyConfig(top_k=len(vlm.tokenizer))
-    out = purified_targets(vlm, [image], rows, [{"cup"}], [{"dog"}], {}, config)
+    bans = SurfaceBans(vlm.tokenizer, ObjectLexicon.default(), ["cup", "dog", "car"])
+    out = purified_targets(vlm, [image], rows, [{"cup"}], [{"dog"}], bans, config)
     yes, no = answer_token_ids(vlm)
     sites = out["sites"]
     assert sites.sum(-1).tolist() == [1, 1, 0]  # "car" is neither flagged nor affirmed: left alone
     assert out["token_ids"][0][sites[0]] != yes and out["token_ids"][1][sites[1]] != no
-    assert set(out["topk_ids"][out["flags"]].tolist()) == {yes, no}
+    cup = vlm.tokenizer.convert_tokens_to_ids("cup")  # a flagged object is purged from every response
+    assert set(out["topk_ids"][out["flags"]].tolist()) == {yes, no, cup}
 
 
 def test_every_signal_is_selectable(tiny_llava_dir, tmp_path):
@@ -183,8 +188,8 @@ def test_purified_decoding_bans_what_identification_rejects(tiny_llava_dir):
     twin = PurifiedDecoding(vlm, PurifyConfig(IdentifyConfig(samples=1, categories=("dog", "cup", "car"))))
     twin.scores[hashlib.md5(image.tobytes()).hexdigest()] = {"dog": 0.9, "cup": 0.1, "car": 0.5}
     proc = twin.processor([image] * 4, [probe_question("dog"), probe_question("cup"), probe_question("car"), CAPTION_PROMPT])
-    dog = {t for t, c in twin.token_map.items() if c == "dog"}
-    assert all(dog <= set(row) for row in proc.banned)  # the flagged object, everywhere
+    dog = vlm.tokenizer.convert_tokens_to_ids("dog")
+    assert all(dog in proc.surfaces.banned([], flagged) for flagged in proc.flagged)  # the flagged object, everywhere
     assert twin.yes in proc.banned[0] and twin.no not in proc.banned[0]
     assert twin.no in proc.banned[1] and twin.yes not in proc.banned[1]
     assert twin.yes not in proc.banned[2] and twin.no not in proc.banned[2]  # undecided: both answers allowed

@@ -253,11 +253,13 @@ class VisionLanguageModel:
         seed: int | None = None,
         logits_processor=None,
         num_beams: int = 1,
-    ) -> list[str]:
+        return_finished: bool = False,
+    ) -> list[str] | tuple[list[str], list[bool]]:
         """Batched generation; decoded responses with special tokens skipped, stripped.
 
         Sampling uses exactly ``temperature`` and ``top_p`` (no top-k), whatever the checkpoint's
-        generation_config says. ``seed`` seeds torch's global generator first.
+        generation_config says. ``seed`` seeds torch's global generator first. With
+        ``return_finished``, also whether each response ended (EOS) before ``max_new_tokens``.
         """
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -286,7 +288,11 @@ class VisionLanguageModel:
             torch.manual_seed(seed)
         with torch.no_grad():
             new_tokens = self._generate_new_tokens(batch, **kwargs)
-        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        if not return_finished:
+            return texts
+        ended = torch.isin(new_tokens, torch.tensor(sorted(self.eos_token_ids), device=new_tokens.device)).any(-1)
+        return texts, ended.tolist()
 
     # ------------------------------------------------------------------ internals
     def _response_token_ids(self, texts: list[str], responses: list[str]) -> list[list[int]]:
