@@ -222,43 +222,54 @@ def category_scores(
     bans: SurfaceBans,
     truth: list[set[str]] | None,
     max_new_tokens: int,
-) -> list[dict[str, float]]:
-    """h(c) ∈ [0, 1] per image and category: the selected signals as a product of experts.
+) -> tuple[list[dict[str, float]], list[str]]:
+    """h(c) ∈ [0, 1] per image and category: the selected signals as a product of experts, and the
+    signals left out because they carried no information on this batch (:func:`informative`).
 
     Self-probe, consistency, lens and oracle score every category of the pool (so a repair cannot swap
     a flagged object for another doubtful one); shared evidence, the costly signal, scores the
-    categories in ``asked``; contrast and uncertainty score the objects the caption names, at the
-    first token of each mention (the most doubtful mention counts).
+    categories in ``asked``; contrast and uncertainty score the objects the caption names, over
+    each mention's tokens (the most doubtful mention counts).
     """
     if "oracle" in config.signals and truth is None:
         raise SeedError("--identify oracle needs --annotations for the purification images")
     n = len(images)
     pools = [list(m) for m in margins]
-    per_image: list[list[dict[str, float]]] = [[] for _ in range(n)]
+    by_signal: dict[str, list[dict[str, float]]] = {}
     if "self-probe" in config.signals:
-        for i in range(n):
-            h = to_unit(-torch.tensor(list(margins[i].values())), offset=-config.probe_offset, scale=config.probe_scale)
-            per_image[i].append(dict(zip(margins[i], h.tolist())))
+        by_signal["self-probe"] = [
+            dict(zip(m, to_unit(-torch.tensor(list(m.values())), offset=-config.probe_offset, scale=config.probe_scale).tolist())) for m in margins
+        ]
     if "consistency" in config.signals:
-        for i, scores in enumerate(_consistency(vlm, images, pools, config.samples, lexicon, max_new_tokens)):
-            per_image[i].append(scores)
+        by_signal["consistency"] = _consistency(vlm, images, pools, config.samples, lexicon, max_new_tokens)
     if "lens" in config.signals:
         words = {c: ids for c, ids in bans.category_ids().items() if c in (pools[0] if n else ())}
-        for i, scores in enumerate(lens_scores(vlm, images, words, config.lens_temperature)):
-            per_image[i].append(scores)
+        by_signal["lens"] = lens_scores(vlm, images, words, config.lens_temperature)
     if "oracle" in config.signals:
-        for i in range(n):
-            per_image[i].append({c: float(c not in truth[i]) for c in pools[i]})
+        by_signal["oracle"] = [{c: float(c not in truth[i]) for c in pools[i]} for i in range(n)]
     if "evidence" in config.signals:
-        for i in range(n):
-            if asked[i]:
-                base, evidence = region_evidence(vlm, images[i], asked[i])
-                per_image[i].append(dict(zip(asked[i], shared_evidence_scores(base, evidence).tolist())))
+        by_signal["evidence"] = [_shared_evidence(vlm, images[i], asked[i]) for i in range(n)]
     token_signals = [s for s in ("contrast", "uncertainty") if s in config.signals]
     if token_signals:
-        for i, scores in enumerate(_mention_scores(vlm, images, captions, token_signals, config, lexicon)):
-            per_image[i].extend(scores)
-    return [combine(signals) for signals in per_image]
+        for name, scores in zip(token_signals, zip(*_mention_scores(vlm, images, captions, token_signals, config, lexicon))):
+            by_signal[name] = list(scores)
+    ignored = [name for name, scores in by_signal.items() if name != "oracle" and not informative(scores)]
+    kept = [scores for name, scores in by_signal.items() if name not in ignored]
+    return [combine([scores[i] for scores in kept]) for i in range(n)], ignored
+
+
+def informative(scores: list[dict[str, float]], spread: float = 1e-3) -> bool:
+    """Whether a signal tells categories apart at all on this batch: a signal that gives every
+    category the same h (e.g. a lens that reads nothing on this model) would flag all or none."""
+    values = [h for per_image in scores for h in per_image.values()]
+    return len(values) < 2 or max(values) - min(values) > spread
+
+
+def _shared_evidence(vlm, image, categories: list[str]) -> dict[str, float]:
+    if not categories:
+        return {}
+    base, evidence = region_evidence(vlm, image, categories)
+    return dict(zip(categories, shared_evidence_scores(base, evidence).tolist()))
 
 
 def _consistency(vlm, images, pools: list[list[str]], samples: int, lexicon: ObjectLexicon, max_new_tokens: int) -> list[dict[str, float]]:
@@ -304,6 +315,7 @@ class Identification:
     margins: list[dict[str, float]]  # self-probe yes-margin per pool category
     asked: list[list[str]]  # the categories the purification questions are about (balanced yes/no)
     scores: list[dict[str, float]]  # h(c)
+    ignored: list[str]  # signals that told no category from another here
 
 
 @torch.no_grad()
@@ -330,9 +342,9 @@ def identify_images(
     for i in range(n):
         rest = sorted((c for c in pool if c not in mentioned[i]), key=lambda c: -margins[i][c])
         candidates.append((mentioned[i] + rest)[: max(config.questions_per_image, len(mentioned[i]))])
-    scores = category_scores(vlm, images, captions, candidates, margins, config, lexicon, bans, truth, max_new_tokens)
+    scores, ignored = category_scores(vlm, images, captions, candidates, margins, config, lexicon, bans, truth, max_new_tokens)
     asked = [balanced_questions(scores[i], margins[i], config.tau, config.questions_per_image) for i in range(n)]
-    return Identification(captions, margins, asked, scores)
+    return Identification(captions, margins, asked, scores, ignored)
 
 
 def balanced_questions(scores: dict[str, float], margins: dict[str, float], tau: float, limit: int) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class ImageResult:
     flagged: list[str] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)  # {"prompt", "response", "repaired", "category"?}
     cut: bool = False  # the caption hit the token limit and is not stored
+    ignored: list[str] = field(default_factory=list)  # signals left out: they told no category apart here
 
 
 class Response(NamedTuple):
@@ -87,7 +89,7 @@ def purify_images(
         responses += [Response(i, CAPTION_PROMPT, repaired[i], None)] if finished[i] else []
         responses += [Response(i, probe_question(c), "Yes" if found.margins[i][c] > 0 else "No", c) for c in found.asked[i]]
     tensors = purified_targets(vlm, images, responses, flagged, affirmed, bans, config)
-    results = [ImageResult(names[i], found.scores[i], sorted(flagged[i]), cut=not finished[i]) for i in range(n)]
+    results = [ImageResult(names[i], found.scores[i], sorted(flagged[i]), cut=not finished[i], ignored=found.ignored) for i in range(n)]
     for k, r in enumerate(responses):
         fixed = vlm.tokenizer.decode(tensors["token_ids"][k][tensors["mask"][k]], skip_special_tokens=True).strip()
         original = captions[r.image] if r.category is None else r.text
@@ -156,7 +158,10 @@ def purified_targets(
         )
     out = cat_padded(parts)
     out["topk_probs"] = out["topk_probs"].float()
-    out["token_ids"] = repair_tokens(out["token_ids"], out["topk_ids"], out["topk_probs"], out["sites"])
+    # A repair writes text: never a special token (an unknown or padding token would vanish from it).
+    unwritable = torch.tensor(sorted(set(vlm.tokenizer.all_special_ids) - vlm.eos_token_ids), dtype=torch.long)
+    writable = torch.where(torch.isin(out["topk_ids"], unwritable.to(out["topk_ids"].device)), 0.0, out["topk_probs"])
+    out["token_ids"] = repair_tokens(out["token_ids"], out["topk_ids"], writable, out["sites"])
     return {k: v.cpu() for k, v in out.items()}
 
 
@@ -226,8 +231,11 @@ def purify_shard(vlm, files: list[Path], index: int, config, lexicon, bans, trut
         results, tensors = purify_images(vlm, loaded, names, config, lexicon, bans, image_truth)
         base = index * 1_000_000  # item ids stay unique across shards and resumes
         for r in results:
+            ignored = {"ignored_signals": r.ignored} if r.ignored else {}
             for it in r.items:
-                records.append({"item": base + len(records), "image": r.image, **it, "flagged": r.flagged, "scores": r.scores})
+                records.append({"item": base + len(records), "image": r.image, **it, "flagged": r.flagged, "scores": r.scores, **ignored})
+        if results and results[0].ignored:
+            _warn(f"shard {index}: {', '.join(results[0].ignored)} gave every category the same score here; left out of its identification")
         tensors["item"] = torch.arange(base, base + len(records))
         cut = [r.image for r in results if r.cut]
     return records + [{"skipped": k} for k in skipped] + [{"cut_caption": name} for name in cut], tensors
@@ -261,25 +269,37 @@ def _finish(out: Path, num_shards: int, vlm, adapter, options) -> None:
             "shards": [shard_paths(out, s)[0].name for s in range(num_shards)],
             "skipped": skipped,
             "cut_captions": cut,  # captions the token limit cut off: not stored
+            # images whose identification left a signal out (:func:`seed.identify.informative`)
+            "uninformative_signals": dict(Counter(s for ignored in {r["image"]: r.get("ignored_signals", []) for r in records}.values() for s in ignored)),
             "versions": library_versions(),
         },
     )
 
 
-def show_examples(out: str | Path, n: int) -> None:
-    """Print ``n`` purified responses that changed, flagged words in red, repairs in green."""
+def show_examples(out: str | Path, n: int, lexicon: ObjectLexicon | None = None) -> None:
+    """Print ``n`` purified responses that changed: the flagged objects (whole names, however many
+    words) in red, the repair in green; a changed answer is red as a whole."""
     from rich.console import Console
+    from rich.text import Text
 
-    console = Console()
+    console, lexicon = Console(), lexicon or ObjectLexicon.default()
     shown = 0
     for r in iter_jsonl(Path(out) / "purified.jsonl"):
         if r["response"] == r["repaired"]:
             continue
-        flagged = set(r["flagged"])
-        words = [f"[bold red]{w}[/]" if w.strip(".,").lower() in flagged else w for w in r["response"].split()]
-        console.print(f"[dim]{r['image']}[/] {r['prompt'].splitlines()[0]}")
-        console.print("  " + " ".join(words))
-        console.print(f"  [green]{r['repaired']}[/]")
+        response = Text(r["response"])
+        mentions = [(m.start, m.end) for m in lexicon.find(r["response"]) if m.category in r["flagged"]]
+        for start, end in mentions if "category" not in r else [(0, len(r["response"]))]:
+            response.stylize("bold red", start, end)
+        console.print(Text.assemble((r["image"], "dim"), " ", r["prompt"].splitlines()[0]))
+        console.print(Text.assemble("  ", response))
+        console.print(Text.assemble("  ", (r["repaired"], "green")))
         shown += 1
         if shown == n:
             break
+
+
+def _warn(line: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {line}", highlight=False)

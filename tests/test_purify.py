@@ -196,3 +196,10 @@ def test_purified_decoding_bans_what_identification_rejects(tiny_llava_dir):
     # end to end: identification runs on an unseen image and generation goes through
     texts = generate_answers(vlm, [image, Image.new("RGB", (32, 32))], [probe_question("dog"), CAPTION_PROMPT], max_new_tokens=4, decoding=Decoding("purified"))
     assert len(texts) == 2
+
+
+def test_a_signal_that_tells_no_category_apart_is_left_out():
+    from seed.identify import informative
+
+    assert not informative([{"dog": 0.999, "cup": 0.999}, {"dog": 0.9991, "car": 0.999}])  # e.g. a lens reading nothing
+    assert informative([{"dog": 0.2, "cup": 0.9}]) and informative([{"dog": 0.5}])  # one value: nothing to judge

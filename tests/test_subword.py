@@ -167,3 +167,12 @@ def test_one_evolve_round_on_a_llava15_shaped_model(llava15_dir, tmp_path):
     records, _ = load_shards(tmp_path / "run" / "round-1" / "purified")
     for r in records:
         assert not {m.category for m in LEXICON.find(r["repaired"])} & set(r["flagged"]), r
+
+
+def test_cpu_4bit_on_a_model_bitsandbytes_cannot_pack_is_one_line(llava15_dir):
+    pytest.importorskip("bitsandbytes")
+    from seed.errors import SeedError
+
+    with pytest.raises(SeedError, match="multiples of 64") as e:
+        load(str(llava15_dir), device="cpu", load_in_4bit=True)
+    assert "\n" not in str(e.value)

@@ -51,10 +51,25 @@ def load(
         vlm = cls.from_pretrained(name, device=device, dtype=torch_dtype, quantization_config=quantization)
     except OSError as e:
         raise SeedError(f"model {name}: cannot load it ({first_line(e)})") from None
+    if load_in_4bit and device == "cpu":
+        _check_cpu_4bit(vlm.model, name)
     if adapter is not None:
         vlm = load_hea(vlm, adapter)
     vlm.model.eval()
     return vlm
+
+
+def _check_cpu_4bit(model, name: str) -> None:
+    """bitsandbytes' CPU 4-bit kernels pack weights in blocks of 64 rows: refuse, in one line, a
+    model with a quantised layer of another width rather than fail in its first forward pass."""
+    import bitsandbytes as bnb
+
+    for module_name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit) and module.out_features % 64:
+            raise SeedError(
+                f"model {name}: --load-in-4bit on the CPU needs layer widths that are multiples of 64 "
+                f"({module_name} has {module.out_features}); load it unquantised or on a GPU"
+            )
 
 
 def load_spec(spec: ModelSpec) -> VisionLanguageModel:
