@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from seed.adapters.prefix import prefix_batches, suffix_logits
 from seed.config import SIGNALS, IdentifyConfig
 from seed.errors import SeedError
 from seed.isolate import SurfaceBans, answer_token_ids, split_claims
@@ -120,14 +121,24 @@ def find_mentions(tokenizer, response_ids: Sequence[int], lexicon: ObjectLexicon
 
 @torch.no_grad()
 def yes_margin(vlm, images: list[Image.Image], categories: list[str], batch_size: int = 64) -> torch.Tensor:
-    """logit(Yes) − logit(No) of the first answer token for each (image, category) pair."""
+    """logit(Yes) − logit(No) of the first answer token for each (image, category) pair.
+
+    Where the model supports it, each image's prefix runs once and its questions reuse the cache
+    (:mod:`seed.adapters.prefix`); questions about the same image must share the image object.
+    """
     yes, no = answer_token_ids(vlm)
-    out = []
-    for i in range(0, len(images), batch_size):
-        imgs, cats = images[i : i + batch_size], categories[i : i + batch_size]
-        logits, _, _ = vlm.response_logits(imgs, [probe_question(c) for c in cats], ["Yes"] * len(cats))
-        out.append(logits[:, 0, yes] - logits[:, 0, no])
-    return torch.cat(out) if out else torch.zeros(0)
+    prompts = [probe_question(c) for c in categories]
+    margins = torch.full((len(prompts),), float("nan"))
+    if vlm.supports_prefix_cache:
+        for batch in prefix_batches(vlm, images, prompts, [id(im) for im in images], batch_size):
+            logits = suffix_logits(vlm, batch)
+            margins[batch.questions] = (logits[:, yes] - logits[:, no]).cpu()
+    rest = [i for i in range(len(prompts)) if torch.isnan(margins[i])]
+    for start in range(0, len(rest), batch_size):
+        part = rest[start : start + batch_size]
+        logits, _, _ = vlm.response_logits([images[i] for i in part], [prompts[i] for i in part], ["Yes"] * len(part))
+        margins[part] = (logits[:, 0, yes] - logits[:, 0, no]).cpu()
+    return margins
 
 
 def consistency_scores(mentions: list[set[str]], samples: int, categories: list[str]) -> dict[str, float]:

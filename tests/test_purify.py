@@ -203,3 +203,17 @@ def test_a_signal_that_tells_no_category_apart_is_left_out():
 
     assert not informative([{"dog": 0.999, "cup": 0.999}, {"dog": 0.9991, "car": 0.999}])  # e.g. a lens reading nothing
     assert informative([{"dog": 0.2, "cup": 0.9}]) and informative([{"dog": 0.5}])  # one value: nothing to judge
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llava_dir", "tiny_internvl_dir", "llava15_dir"])
+def test_self_probe_reuses_the_image_prefix_and_matches_full_forwards(fixture, request, monkeypatch):
+    from seed.adapters import load
+    from seed.identify import yes_margin
+
+    vlm = load(str(request.getfixturevalue(fixture)), device="cpu")
+    images = [Image.new("RGB", (40 + 20 * i, 48), (60 * i, 120, 200 - 50 * i)) for i in range(3)]
+    pairs = [(im, c) for im in images for c in ("dog", "cup", "teddy bear", "car")]
+    cached = yes_margin(vlm, [im for im, _ in pairs], [c for _, c in pairs], batch_size=5)
+    monkeypatch.setattr(type(vlm), "supports_prefix_cache", property(lambda self: False))
+    full = yes_margin(vlm, [im for im, _ in pairs], [c for _, c in pairs], batch_size=5)
+    assert torch.allclose(cached, full, atol=1e-4), (cached - full).abs().max()

@@ -162,8 +162,8 @@ def test_cached_branches_equal_full_forwards(tiny, monkeypatch, candidates):
     cands = yes_no.answer_candidates(vlm, images[0], prompts[0], period_settles=True)
     assert [len(cands.ids[c]) for c in candidates] == [len(c.split()) for c in candidates]
     keys = [q["image"] for q in qs]
-    cached = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_prefix_cache(vlm, images, prompts, keys, cands, 5, lambda n: None))
-    full = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_full_forwards(vlm, images, prompts, cands, 5, lambda n: None))
+    cached = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_prefix_cache(vlm, images, prompts, keys, cands, 5))
+    full = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_full_forwards(vlm, images, prompts, cands, 5))
     assert len(cached) == len(full) == len(qs)
     assert cached == full
 
@@ -178,8 +178,8 @@ def test_cached_path_on_internvl_tiles(tiny_internvl_dir, tiny_images, monkeypat
     prompts = [pope.pope_prompt(f"is there a {w} in the image ?", "greedy") for w in ("dog", "cat", "cup", "car", "truck")]
     cands = yes_no.answer_candidates(vlm, images[0], prompts[0], period_settles=False)
     keys = [id(im) for im in images]
-    cached = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_prefix_cache(vlm, images, prompts, keys, cands, 4, lambda n: None))
-    full = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_full_forwards(vlm, images, prompts, cands, 4, lambda n: None))
+    cached = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_prefix_cache(vlm, images, prompts, keys, cands, 4))
+    full = _recorded_chains(monkeypatch, lambda: yes_no.settle_with_full_forwards(vlm, images, prompts, cands, 4))
     assert cached == full and len(cached) == 5
 
 

@@ -16,13 +16,13 @@ candidates with full forwards (:meth:`response_logits`, two rows per question).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from seed.adapters.prefix import prefix_batches
 from seed.evaluation.runner import Progress, generate_answers, no_progress
 from seed.io import Subset
 
@@ -79,105 +79,6 @@ def settle(chains: Mapping[str, list[int]], cands: Candidates) -> str | None:
         if chain[: len(ids)] == ids and chain[len(ids)] in cands.enders[name]:
             return cands.texts[tuple(cands.enders[name][chain[len(ids)]])]
     return None
-
-
-def split_prompts(vlm, images: list, prompt_lists: list[list[str]], image_token: int) -> list:
-    """Several images' prompts → per image (prefix inputs for one row, suffix ids per prompt), or None.
-
-    The prefix runs through the last image token. Each image is processed once, with its first
-    prompt, in one processor call. The other prompts' suffixes are their chat texts tokenised
-    without the image — the placeholder is a special token, so what follows it tokenises on
-    its own — behind whatever the processor's expansion puts after the last image token. That
-    is checked on each first prompt; where it fails, or where per-image tensors (e.g. tiles)
-    cannot be told apart in the batch, the image goes the slow way (:func:`_split_by_encoding`).
-    """
-    n = len(images)
-    batch = vlm.encode(images, [ps[0] for ps in prompt_lists])
-    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    per_image = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask") and torch.is_tensor(v)}
-    separable = all(v.shape[0] == n for v in per_image.values())
-    texts = prompt_texts(vlm, [p for ps in prompt_lists for p in ps])
-    plain = iter(vlm.tokenizer(texts)["input_ids"])
-    out = []
-    for i, prompts in enumerate(prompt_lists):
-        tails = [next(plain) for _ in prompts]
-        row = ids[i][mask[i]]
-        found = (row == image_token).nonzero()
-        suffixes = None
-        if separable and len(found):
-            end = int(found[-1]) + 1
-            suffixes = text_suffixes(tails, image_token, row[end:])
-        if suffixes is None:
-            out.append(split_by_encoding(vlm, images[i], prompts, image_token))
-            continue
-        start = ids.shape[1] - len(row)
-        inputs = {"input_ids": row[None, :end], "attention_mask": torch.ones_like(row[None, :end])}
-        for key, value in per_image.items():
-            inputs[key] = value[i : i + 1, start : start + end] if value.shape[:2] == ids.shape else value[i : i + 1]
-        out.append((inputs, suffixes))
-    return out
-
-
-def prompt_texts(vlm, prompts: list[str]) -> list[str]:
-    """``vlm.build_prompt`` of each prompt, rendering the chat template once when it is a plain
-    substitution (checked on the first prompt)."""
-    marker = "SEEDPROMPTMARKER"
-    template = vlm.build_prompt(marker)
-    if template.count(marker) == 1 and template.replace(marker, prompts[0]) == vlm.build_prompt(prompts[0]):
-        return [template.replace(marker, p) for p in prompts]
-    return [vlm.build_prompt(p) for p in prompts]
-
-
-def text_suffixes(tokenised: list[list[int]], image_token: int, first_suffix: torch.Tensor) -> list[torch.Tensor] | None:
-    """Suffix ids of every prompt from its text-only tokenisation, checked against the first one."""
-    tails = []
-    for ids in tokenised:
-        marks = [i for i, t in enumerate(ids) if t == image_token]
-        if not marks:
-            return None
-        tails.append(ids[marks[-1] + 1 :])
-    bridge = len(first_suffix) - len(tails[0])
-    if bridge < 0 or first_suffix[bridge:].tolist() != tails[0]:
-        return None
-    head = first_suffix[:bridge]
-    return [first_suffix] + [torch.cat([head, torch.tensor(t, dtype=head.dtype)]) for t in tails[1:]]
-
-
-def split_by_encoding(vlm, image, prompts: list[str], image_token: int):
-    """:func:`_split_prompts` the slow way: each prompt encoded with its own copy of the image;
-    per-image tensors (pixel values, ...) are then cut to one image's share."""
-    batch = vlm.encode([image] * len(prompts), prompts)
-    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    rows = [row[m] for row, m in zip(ids, mask)]
-    image_positions = (rows[0] == image_token).nonzero()
-    if len(image_positions) == 0:
-        return None
-    end = int(image_positions[-1]) + 1
-    prefix = rows[0][:end]
-    if any(len(r) <= end or not torch.equal(r[:end], prefix) for r in rows):
-        return None
-    inputs = {"input_ids": prefix[None], "attention_mask": torch.ones_like(prefix)[None]}
-    k = len(prompts)
-    for key, value in batch.items():
-        if key in ("input_ids", "attention_mask") or not torch.is_tensor(value):
-            continue
-        if value.shape[:2] == ids.shape:  # per-token tensors: cut like input_ids
-            start = ids.shape[1] - len(rows[0])
-            inputs[key] = value[:1, start : start + end]
-        elif value.shape[0] % k == 0:
-            inputs[key] = value[: value.shape[0] // k]
-        else:
-            return None
-    return inputs, [r[end:] for r in rows]
-
-
-def stack_inputs(inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.cat([x[k] for x in inputs]) for k in inputs[0]}
-
-
-def batch_signature(inputs: dict[str, torch.Tensor]) -> tuple:
-    """Prefixes batch together when every tensor matches in all but the first dimension."""
-    return tuple((k, tuple(v.shape[1:])) for k, v in sorted(inputs.items()))
 
 
 def branch_rows(suffixes: list[torch.Tensor], cands: Candidates, pad: int, prefix_length: int):
@@ -257,45 +158,17 @@ def suffix_chains(vlm, prefix_kv, owners: torch.Tensor, suffixes: list[torch.Ten
 
 
 @torch.inference_mode()
-def settle_with_prefix_cache(vlm, images, prompts, keys, cands, batch_size, on_progress) -> list[str | None]:
+def settle_with_prefix_cache(vlm, images, prompts, keys, cands, batch_size) -> list[str | None]:
     """Settled answers via shared image prefixes; None where the prefix cannot be shared."""
-    image_token = vlm.image_token_id
-    by_image: dict[Hashable, list[int]] = defaultdict(list)
-    for i, key in enumerate(keys):
-        by_image[key].append(i)
     answers: list[str | None] = [None] * len(prompts)
-    groups = list(by_image.values())
-    g = 0
-    while g < len(groups):
-        # A chunk: whole images until it holds batch_size questions (at least one image).
-        chunk, count = [], 0
-        while g < len(groups) and (not chunk or count + len(groups[g]) <= batch_size):
-            chunk.append(groups[g])
-            count += len(groups[g])
-            g += 1
-        split = split_prompts(vlm, [images[qs[0]] for qs in chunk], [[prompts[i] for i in qs] for qs in chunk], image_token)
-        by_signature: dict[tuple, list] = defaultdict(list)
-        for qs, parts in zip(chunk, split):
-            if parts is not None:
-                by_signature[batch_signature(parts[0])].append((qs, parts))
-        for members in by_signature.values():
-            prefix = stack_inputs([parts[0] for _, parts in members])
-            prefix = {k: v.to(vlm.device, dtype=vlm.dtype if v.is_floating_point() else None) for k, v in prefix.items()}
-            out = vlm.model(**prefix, use_cache=True, logits_to_keep=1)
-            prefix_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-            questions = [(i, m, suffix) for m, (qs, parts) in enumerate(members) for i, suffix in zip(qs, parts[1])]
-            for start in range(0, len(questions), batch_size):
-                part = questions[start : start + batch_size]
-                owners = torch.tensor([m for _, m, _ in part])
-                chains = suffix_chains(vlm, prefix_kv, owners, [s for _, _, s in part], cands)
-                for (i, _, _), chain in zip(part, chains):
-                    answers[i] = settle(chain, cands)
-        on_progress(count)
+    for batch in prefix_batches(vlm, images, prompts, keys, batch_size):
+        for i, chain in zip(batch.questions, suffix_chains(vlm, batch.prefix_kv, batch.owners, batch.suffixes, cands)):
+            answers[i] = settle(chain, cands)
     return answers
 
 
 @torch.inference_mode()
-def settle_with_full_forwards(vlm, images, prompts, cands, batch_size, on_progress) -> list[str | None]:
+def settle_with_full_forwards(vlm, images, prompts, cands, batch_size) -> list[str | None]:
     """Settled answers from full teacher-forced forwards (families without the prefix cache)."""
     answers: list[str | None] = []
     for start in range(0, len(prompts), batch_size):
@@ -306,7 +179,6 @@ def settle_with_full_forwards(vlm, images, prompts, cands, batch_size, on_progre
         for q in range(n):
             chains = {c: predicted[j * n + q, : len(cands.ids[c]) + 1].tolist() for j, c in enumerate(CANDIDATES)}
             answers.append(settle(chains, cands))
-        on_progress(n)
     return answers
 
 
@@ -335,9 +207,9 @@ def answer_yes_no(
     settled: list[str | None] = [None] * len(prompts)
     if cands is not None and max(len(ids) for ids in cands.ids.values()) < max_new_tokens:
         if vlm.supports_prefix_cache:
-            settled = settle_with_prefix_cache(vlm, images, prompts, keys, cands, batch_size, lambda n: None)
+            settled = settle_with_prefix_cache(vlm, images, prompts, keys, cands, batch_size)
         else:
-            settled = settle_with_full_forwards(vlm, images, prompts, cands, batch_size, lambda n: None)
+            settled = settle_with_full_forwards(vlm, images, prompts, cands, batch_size)
     on_progress(sum(a is not None for a in settled))
     rest = [i for i, a in enumerate(settled) if a is None]
     generated = generate_answers(
