@@ -124,3 +124,18 @@ def tiny_images() -> list[Image.Image]:
     second = Image.new("RGB", (96, 48), (20, 160, 40))
     second.paste((240, 240, 20), (60, 8, 90, 40))
     return [first, second]
+
+
+# --------------------------------------------------------------------------- trackers
+@pytest.fixture
+def tensorboard_scalars():
+    """Reads back what a TensorBoard run folder holds: tag → [(step, value)], as TensorBoard does."""
+
+    def read(folder: Path) -> dict[str, list[tuple[int, float]]]:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    return read
