@@ -5,6 +5,7 @@ SAME purified shards, written once by the base model, with the same hyperparamet
     python benchmarks/ablation.py                         # the embedded world (purify / held-out splits)
     python benchmarks/ablation.py --losses sft,reverse-kl,jsd --lr 5e-4 --epochs 2
     python benchmarks/ablation.py --purified runs/evolve/round-1/purified   # reuse the base's shards
+    seed report runs/ablation                                               # the table as an HTML page
     python benchmarks/ablation.py --model llava-1.5 --images unlabelled/ \\
         --eval-images val2014/ --eval-annotations instances_val2014.json --pope-images 500
 
@@ -48,6 +49,7 @@ def main() -> None:
     train = DistillConfig(
         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, hea=HEAConfig(rank=args.rank, alpha=args.rank * 2),
         captions=args.captions, site_weight=args.site_weight, seed=args.seed,
+        log_with=args.log_with, logging_dir=str(out / "logs") if args.log_with else None,
     )  # fmt: skip
     options = {"batch_size": args.eval_batch_size, "pope_images": args.pope_images, "chair_images": args.chair_images}
 
@@ -96,7 +98,7 @@ def main() -> None:
     def distilled(loss: str):
         def run(folder: Path) -> dict:
             vlm = load_spec(spec)
-            stats = distill(vlm, records, tensors, data.purify_images, dataclasses.replace(train, loss=loss))
+            stats = distill(vlm, records, tensors, data.purify_images, dataclasses.replace(train, loss=loss), run_name=loss)
             save_hea(vlm, folder / "adapter", {"loss": loss, "rounds": 1, "data_hash": md5_file(purified / "purified.jsonl")})
             stats = {k: v for k, v in stats.items() if k != "losses"}
             return {"distill": stats, "eval": evaluate(vlm, data, folder, **options)}
@@ -143,6 +145,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--site-weight", type=float, default=DistillConfig.site_weight, help="loss weight of hallucination sites")
     p.add_argument("--captions", default=DistillConfig.captions, help="captions the student trains on: all, repaired or none")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-with", default=None, help="tensorboard or wandb: each loss's per-step loss and learning rate (OUT/logs/<loss>)")
     p.add_argument("--vcd-alpha", type=float, default=1.0)
     p.add_argument("--vcd-beta", type=float, default=0.1)
     p.add_argument("--no-vcd", action="store_true", help="skip the VCD row")

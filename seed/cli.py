@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import markup
 from rich.console import Console
 
-from seed.config import POPE_SPLITS, ChairConfig, Decoding, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig
+from seed.config import POPE_SPLITS, ChairConfig, Decoding, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig, ReportConfig
 from seed.errors import SeedError
 from seed.options import Options, with_configs
 
@@ -42,7 +43,7 @@ EVOLVE = Options(
         "patience", "yes_ratio", "min_recall", "eval_batch_size", "distill.loss", "distill.beta", "distill.site_weight",
         "distill.captions", "distill.hea.rank", "distill.hea.alpha", "distill.lr", "distill.lr_scheduler", "distill.warmup_steps",
         "distill.epochs", "distill.max_steps", "distill.batch_size", "distill.grad_accum", "distill.chunk_size",
-        "purify.identify.signals", "purify.identify.tau", "purify.max_new_tokens",
+        "purify.identify.signals", "purify.identify.tau", "purify.max_new_tokens", "distill.log_with", "distill.logging_dir",
     ),
     names={"purify.identify.signals": "identify"},
 )  # fmt: skip
@@ -248,6 +249,22 @@ def evolve_command(
     evolve(model, out=out, config=config, console=Console())
 
 
+@app.command("report")
+@with_configs(config=Options(ReportConfig))
+def report_command(
+    config: ReportConfig,
+    run_dir: Path = typer.Argument(
+        Path("runs/evolve"), help="A seed evolve run folder (default: seed evolve's), a seed purify output folder or a folder holding ablation.json."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file to write (default: RUN_DIR/report.html)."),
+) -> None:
+    """One self-contained HTML page of a run: before/after table, per-round charts, identification
+    quality and a gallery of purified examples (images inlined; opens with no network)."""
+    from seed.html_report import write_report
+
+    _say(f"wrote {write_report(run_dir, out, config)}")
+
+
 @app.command("export")
 @with_configs(model=Options(ModelSpec, only=("device", "dtype", "trust_remote_code")))
 def export_command(
@@ -269,5 +286,5 @@ def main() -> None:
     try:
         app()
     except SeedError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {markup.escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)

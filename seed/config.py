@@ -23,6 +23,7 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
 POPE_SPLITS = ("random", "popular", "adversarial")
 PARSERS = ("official", "strict")
+TRACKERS = ("tensorboard", "wandb")  # experiment trackers, through accelerate
 DEFAULT_SEEDS = (1, 2, 3)
 
 
@@ -171,6 +172,13 @@ class DistillConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward (less memory, slower)."})
     seed: int = field(default=0, metadata={"help": "Seed of the adapter's initialisation and the data order."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    log_with: str | None = field(
+        default=None,
+        metadata={"help": f"Log per-step loss and learning rate (and seed evolve's per-round metrics) to {' or '.join(TRACKERS)}, through accelerate's trackers; nothing is logged when unset."},
+    )
+    logging_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the tracker's files (default: OUT/logs under seed evolve, ./logs otherwise)."}
+    )
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -187,6 +195,8 @@ class DistillConfig:
             raise SeedError(f"the loss chunk size must be at least 1, not {self.chunk_size}")
         if not self.lr > 0:
             raise SeedError(f"learning rate must be > 0, not {self.lr}")
+        if self.log_with is not None and self.log_with not in TRACKERS:
+            raise SeedError(f"--log-with must be {' or '.join(TRACKERS)}, not {self.log_with!r}")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -321,3 +331,23 @@ class EvolveConfig:
         if not 0 <= lo < hi <= 1:
             raise SeedError(f"the yes-ratio window must satisfy 0 <= low < high <= 1, not {self.yes_ratio}")
         self.yes_ratio = (float(lo), float(hi))
+
+
+# --------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class ReportConfig:
+    """What ``seed report`` shows besides the run folder's own files."""
+
+    images: str | None = field(
+        default=None, metadata={"help": "Folder of the purified images (default: the one the run names, or the embedded world's purify split)."}
+    )
+    annotations: str | None = field(
+        default=None,
+        metadata={"help": "COCO instances of those images: identification is scored against them (default: the run's, or the world's)."},
+    )
+    examples: int = field(default=24, metadata={"help": "Purified examples in the gallery."})
+    thumbnail: int = field(default=192, metadata={"help": "Longest side of the gallery's thumbnails, in pixels."})
+
+    def __post_init__(self):
+        if self.examples < 0 or self.thumbnail < 16:
+            raise SeedError("--examples must be at least 0 and --thumbnail at least 16 pixels")

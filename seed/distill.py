@@ -31,6 +31,7 @@ from seed.errors import SeedError
 from seed.io import open_image
 from seed.losses import LOSSES, get_loss, site_weights
 from seed.targets import TARGET_KEYS, PurifiedTargets
+from seed.tracking import check_tracker, flat_scalars, tracker_run
 
 ImageSource = str | Path | Callable[[Mapping], Image.Image] | None
 
@@ -114,22 +115,32 @@ def aligned_student_logits(logits: Tensor, ids: Tensor, mask: Tensor, batch: Map
 
 
 def distill(
-    vlm, records: Sequence[Mapping], tensors: Mapping[str, Tensor], images: ImageSource, config: DistillConfig | None = None
+    vlm,
+    records: Sequence[Mapping],
+    tensors: Mapping[str, Tensor],
+    images: ImageSource,
+    config: DistillConfig | None = None,
+    *,
+    run_name: str = "distill",
 ) -> dict:
     """Train the HEA on ``vlm`` (attached here, or continued if ``vlm`` already carries one).
 
     ``records``/``tensors``: as :func:`seed.targets.load_shards` returns them. ``images``: the
     folder that the records' ``image`` paths are relative to (absolute paths pass through),
     None for paths usable as they are, or a callable ``record -> PIL image``. ``config`` None
-    means the :class:`DistillConfig` defaults. Returns training statistics; ``vlm`` holds the
-    trained adapter, in eval mode, afterwards.
+    means the :class:`DistillConfig` defaults. With ``config.log_with``, the loss and learning
+    rate of every optimizer step go to that tracker's run ``run_name``. Returns training
+    statistics; ``vlm`` holds the trained adapter, in eval mode, afterwards.
     """
     config = config or DistillConfig()
     start = time.time()
-    run = _setup(vlm, PurifiedDataset(records, tensors, images, config.captions), config)
+    run = _setup(vlm, PurifiedDataset(records, tensors, images, config.captions), config, run_name)
     try:
         losses = _train(vlm, run, config)
     finally:
+        # Not end_training(): it also destroys the process group, which seed evolve still needs.
+        for tracker in run.accelerator.trackers:
+            tracker.finish()
         vlm.model = run.accelerator.unwrap_model(run.model)
         if config.gradient_checkpointing:
             vlm.model.gradient_checkpointing_disable()
@@ -163,8 +174,8 @@ class _Run:
     total_steps: int
 
 
-def _setup(vlm, dataset: PurifiedDataset, config: DistillConfig) -> _Run:
-    """Accelerator, adapter, optimizer, schedule and data loader, prepared."""
+def _setup(vlm, dataset: PurifiedDataset, config: DistillConfig, run_name: str) -> _Run:
+    """Accelerator (and tracker run), adapter, optimizer, schedule and data loader, prepared."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -173,7 +184,9 @@ def _setup(vlm, dataset: PurifiedDataset, config: DistillConfig) -> _Run:
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed, cpu=on_cpu)
+    check_tracker(config.log_with)
+    tracking = {} if config.log_with is None else {"log_with": config.log_with, "project_dir": config.logging_dir or "logs"}
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed, cpu=on_cpu, **tracking)
     set_seed(config.seed)
     if len(dataset) == 0:
         raise SeedError("nothing to distil: the purified shards hold no responses")
@@ -193,6 +206,9 @@ def _setup(vlm, dataset: PurifiedDataset, config: DistillConfig) -> _Run:
         vlm.model, optimizer, loader, scheduler, device_placement=[False, True, True, True]
     )
     vlm.model = model
+    if config.log_with is not None:
+        project, init_kwargs = tracker_run(config.log_with, run_name)
+        accelerator.init_trackers(project, config=flat_scalars(asdict(config)), init_kwargs=init_kwargs)
     return _Run(accelerator, model, optimizer, scheduler, loader, trainable, total_steps)
 
 
@@ -225,6 +241,7 @@ def _train(vlm, run: _Run, config: DistillConfig) -> list[float]:
                     losses.append(accelerator.gather(torch.stack(window).mean()[None]).mean().item())
                     window.clear()
                     bar.update(task, advance=1, loss=f"{losses[-1]:.4f}")
+                    accelerator.log({"train/loss": losses[-1], "train/lr": run.scheduler.get_last_lr()[0]}, step=len(losses))
                     if len(losses) >= run.total_steps:
                         break
     return losses

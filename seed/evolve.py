@@ -37,6 +37,7 @@ from seed.io import image_files, md5_file, read_json, write_dir_atomically, writ
 from seed.purify import purify
 from seed.report import before_after_table, round_summary, rounds_table
 from seed.targets import load_shards
+from seed.tracking import check_tracker, log_once
 from seed.world import World
 
 HISTORY_FILE = "history.json"
@@ -210,7 +211,8 @@ def read_history(out: Path, spec: ModelSpec, config: EvolveConfig) -> dict:
 def _options(spec: ModelSpec, config: EvolveConfig) -> dict:
     """What a run's results depend on, as plain JSON (tuples become lists, as on a reread)."""
     options = json.loads(json.dumps({"model": asdict(spec), **asdict(config)}, default=str))
-    options["distill"].pop("progress", None)  # display only
+    for display_only in ("progress", "log_with", "logging_dir"):
+        options["distill"].pop(display_only, None)
     return options
 
 
@@ -240,6 +242,11 @@ def evolve(model: str | ModelSpec | None = None, *, out: str | Path, config: Evo
     out = Path(out)
     state = PartialState()
     history = read_history(out, spec, config)
+    log_with = config.distill.log_with
+    check_tracker(log_with)
+    train = config.distill
+    if log_with is not None and train.logging_dir is None:
+        train = dataclasses.replace(train, logging_dir=str(out / "logs"))
 
     def finish_round(entry: dict) -> None:
         """Main process: append the entry, keep the best adapter, save; everyone rereads."""
@@ -250,6 +257,8 @@ def evolve(model: str | ModelSpec | None = None, *, out: str | Path, config: Evo
             last = history["rounds"][-1]["round"]
             history["stopped"] = stop_reason(history["rounds"], config) if last < config.rounds else None
             write_json(out / HISTORY_FILE, history)
+            if log_with is not None:
+                log_once(log_with, train.logging_dir, "evolve", round_figures(entry), step=entry["round"])
             if console is not None:
                 if entry["round"] > 0:
                     console.print(round_summary(entry), highlight=False)
@@ -287,7 +296,7 @@ def evolve(model: str | ModelSpec | None = None, *, out: str | Path, config: Evo
             vlm, images=data.purify_images, annotations=data.purify_annotations, out=round_dir / "purified", adapter=adapter, config=config.purify
         )
         records, tensors = load_shards(purified)
-        stats = distill(vlm, records, tensors, data.purify_images, config.distill)
+        stats = distill(vlm, records, tensors, data.purify_images, train, run_name=f"round-{r}")
         adapter = str(round_dir / "adapter")
         if state.is_main_process:
             # Paths inside OUT are recorded relative to it, so a run folder can be moved and resumed.
@@ -312,6 +321,16 @@ def evolve(model: str | ModelSpec | None = None, *, out: str | Path, config: Evo
         console.print(before_after_table(history))
         _print_outcome(console, out, history, config)
     return history
+
+
+def round_figures(entry: dict) -> dict:
+    """What a tracker gets of a finished round: the held-out figures and, for a trained round,
+    the purified and repaired counts and the distillation's loss (flattened by the tracker)."""
+    figures = {"eval": entry["eval"]}
+    if "distill" in entry:
+        figures["purify"] = {"items": entry["purified_items"], "repaired": entry["repaired_items"]}
+        figures["distill"] = {k: entry["distill"][k] for k in ("steps", "first_loss", "final_loss")}
+    return figures
 
 
 def _fresh(folder: Path) -> None:

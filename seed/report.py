@@ -80,7 +80,8 @@ def metric_values(evaluation: dict) -> list[float | None]:
     return [evaluation[group][split][key] if split else evaluation[group][key] for _, group, split, key in METRIC_ROWS]
 
 
-def _cell(value: float | None, key: str, signed: bool = False) -> str:
+def metric_cell(value: float | None, key: str, signed: bool = False) -> str:
+    """One figure as the tables show it: in % (caption words as is), two decimals."""
     if value is None:
         return "n/a"
     value = value if key == "mean_length" else 100 * value
@@ -98,10 +99,10 @@ def metrics_table(title: str, columns: dict[str, dict], *, bold: str | None = No
         table.add_column("Δ", justify="right")
     values = [metric_values(e) for e in columns.values()]
     for i, (label, _, _, key) in enumerate(METRIC_ROWS):
-        cells = [_cell(v[i], key) for v in values]
+        cells = [metric_cell(v[i], key) for v in values]
         if delta:
             first, last = values[0][i], values[-1][i]
-            cells.append("n/a" if first is None or last is None else _cell(last - first, key, signed=True))
+            cells.append("n/a" if first is None or last is None else metric_cell(last - first, key, signed=True))
         table.add_row(label, *cells)
     return table
 

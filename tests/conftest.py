@@ -140,3 +140,18 @@ def internvl_bpe_dir(tmp_path_factory) -> Path:
     from subword_models import build_internvl_bpe
 
     return build_internvl_bpe(tmp_path_factory.mktemp("internvl-bpe"))
+
+
+# --------------------------------------------------------------------------- trackers
+@pytest.fixture
+def tensorboard_scalars():
+    """Reads back what a TensorBoard run folder holds: tag → [(step, value)], as TensorBoard does."""
+
+    def read(folder: Path) -> dict[str, list[tuple[int, float]]]:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    return read

@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "seed"
 # Lower floors never import higher ones; a module may import its own floor.
 FLOORS = {
-    "seed.errors": 0, "seed.prompts": 0, "seed.config": 0, "seed.io": 0, "seed.vocabulary": 0, "seed.lexicon": 0,
+    "seed.errors": 0, "seed.prompts": 0, "seed.config": 0, "seed.io": 0, "seed.vocabulary": 0, "seed.lexicon": 0, "seed.tracking": 0,
     "seed.adapters": 1,
     "seed.purge": 2, "seed.isolate": 2, "seed.targets": 2, "seed.losses": 2,
     "seed.identify": 3,
     "seed.purify": 4, "seed.distill": 4,
     "seed.decoding": 5,
     "seed.evaluation": 6,
-    "seed.report": 7, "seed.world": 7,
+    "seed.report": 7, "seed.html_report": 7, "seed.world": 7,
     "seed.evolve": 8,
     "seed.options": 9, "seed.cli": 9, "seed": 9, "seed.__main__": 9,
 }  # fmt: skip

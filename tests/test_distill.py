@@ -126,3 +126,30 @@ def test_bad_config_and_missing_items_are_refused(tiny_llava_dir, shards):
     records, tensors = read_fake_shards(shards)
     with pytest.raises(SeedError, match="purified.jsonl does not list"):
         distill(load(str(tiny_llava_dir), device="cpu"), records[:2], tensors, shards, DistillConfig(hea=HEAConfig(rank=2, alpha=4), max_steps=1))
+
+
+def test_log_with_tensorboard_writes_the_loss_and_learning_rate(tiny_llava_dir, shards, tmp_path, monkeypatch, tensorboard_scalars):
+    monkeypatch.chdir(tmp_path)
+    records, tensors = read_fake_shards(shards)
+    config = DistillConfig(hea=HEAConfig(rank=2, alpha=4), batch_size=2, max_steps=2, lr=1e-3, progress=False)
+    plain = distill(load(str(tiny_llava_dir), device="cpu"), records, tensors, shards, config)
+    assert list(tmp_path.iterdir()) == []  # no tracker asked for: nothing written
+    logged = DistillConfig(**{**config.__dict__, "log_with": "tensorboard", "logging_dir": str(tmp_path / "tb")})
+    stats = distill(load(str(tiny_llava_dir), device="cpu"), records, tensors, shards, logged, run_name="round-1")
+    assert stats["losses"] == plain["losses"]  # logging changes nothing it logs
+    scalars = tensorboard_scalars(tmp_path / "tb" / "round-1")
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx(stats["losses"], rel=1e-6)
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx([1e-3, 1e-3])
+
+
+def test_log_with_refuses_an_unknown_or_missing_tracker(monkeypatch):
+    import accelerate.utils
+
+    from seed.tracking import check_tracker
+
+    with pytest.raises(SeedError, match="--log-with must be tensorboard or wandb"):
+        DistillConfig(log_with="mlflow")
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    with pytest.raises(SeedError, match=r"needs the wandb package: pip install 'seed-vlm\[wandb\]'"):
+        check_tracker("wandb")

@@ -25,6 +25,7 @@ class Fakes:
         self.loaded_adapters: list[str | None] = []
         self.purified: list[int] = []
         self.evaluated: list[int] = []
+        self.run_names: list[str] = []
 
     def install(self, monkeypatch, data: evolve.Datasets) -> None:
         monkeypatch.setattr(evolve, "resolve_datasets", lambda spec, config: (spec, data))
@@ -45,7 +46,8 @@ class Fakes:
         (Path(out) / "purified.jsonl").write_text("{}\n")
         return Path(out)
 
-    def distill(self, vlm, records, tensors, images, config):
+    def distill(self, vlm, records, tensors, images, config, run_name="distill"):
+        self.run_names.append(run_name)
         if self.kill_at_round is not None and self.purified[-1] == self.kill_at_round:
             raise Killed()
         return {"config": {}, "losses": [1.0, 0.5], "first_loss": 1.0, "final_loss": 0.5, "steps": 2}
@@ -214,3 +216,17 @@ def test_export_merges_the_adapter_into_its_base(tiny_llava_dir, tmp_path):
         assert torch.allclose(merged.model(**batch).logits, vlm.model(**batch).logits, atol=1e-4)
     refused = CliRunner().invoke(app, ["export", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "--merge" in str(refused.exception)
+
+
+def test_log_with_tensorboard_logs_every_round(monkeypatch, data, tmp_path, tensorboard_scalars):
+    fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.86, 0.5)})
+    fakes.install(monkeypatch, data)
+    plain = evolve.evolve(out=tmp_path / "plain", config=evolve.EvolveConfig(rounds=2))
+    assert not (tmp_path / "plain" / "logs").exists()
+    config = evolve.EvolveConfig(rounds=2, distill=DistillConfig(log_with="tensorboard"))
+    history = evolve.evolve(out=tmp_path / "run", config=config)
+    assert history["options"] == plain["options"]  # the tracker is not a result-changing option
+    assert fakes.run_names == ["round-1", "round-2"] * 2
+    scalars = tensorboard_scalars(tmp_path / "run" / "logs" / "evolve")
+    assert scalars["eval/pope/adversarial/f1"] == [(0, pytest.approx(0.80)), (1, pytest.approx(0.84)), (2, pytest.approx(0.86))]
+    assert [step for step, _ in scalars["distill/final_loss"]] == [1, 2] and "eval/chair/chair_i" in scalars
