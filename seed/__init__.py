@@ -15,6 +15,13 @@ def load(model: str | None = None, **options):
     return load_model(model, **options)
 
 
+def detect(model, captions, images, config=None):
+    """:func:`seed.detection.detect`: which objects in each caption are hallucinated."""
+    from seed.detection import detect as run
+
+    return run(model, captions, images, config)
+
+
 def __getattr__(name: str):
     """Lazy access to the pipeline modules ``seed.purify``, ``seed.distill``, ``seed.evolve``, so
     that ``import seed`` stays light."""

@@ -15,7 +15,7 @@ import typer
 from rich import markup
 from rich.console import Console
 
-from seed.config import POPE_SPLITS, ChairConfig, Decoding, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig, ReportConfig
+from seed.config import POPE_SPLITS, ChairConfig, Decoding, DetectConfig, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig, ReportConfig
 from seed.errors import SeedError
 from seed.options import Options, with_configs
 
@@ -279,6 +279,44 @@ def export_command(
         raise SeedError("export needs --merge ADAPTER_DIR and an output folder: seed export --merge runs/evolve/adapter merged/")
     path = export(merge, out, device=model.device, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
     _say(f"wrote {path}")
+
+
+@app.command("detect")
+@with_configs(model=MODEL, config=Options(DetectConfig, names={"identify.signals": "identify"}))
+def detect_command(
+    model: ModelSpec,
+    config: DetectConfig,
+    captions: Optional[Path] = typer.Option(
+        None, "--captions", help='JSON Lines (or a JSON array) of {"image", "caption"[, "options"]}: captions from any model or person.'
+    ),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of the captions' image files (default with no --model: the world's held-out images)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="COCO instances: also score every signal as a detector (AUROC, precision, recall, F1)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the judged captions here (JSON Lines), the metrics beside it (.metrics.json)."),
+) -> None:
+    """Which objects in each caption are hallucinated: every identification signal's score per object, their
+    combined probability and a flag; with --annotations, how well each signal detects absent objects."""
+    from seed.detection import detect, detection_metrics
+    from seed.io import write_json, write_jsonl
+    from seed.report import detection_table
+
+    if captions is None:
+        raise SeedError('detect needs --captions FILE (JSON Lines of {"image", "caption"})')
+    model, world = _on_world(model)
+    if images is None:
+        if world is None:
+            raise SeedError("detect needs --images DIR with --model")
+        images = world.images(world.eval_split)
+    results = detect(model, captions, images, config)
+    flagged = sum(o["flagged"] for r in results for o in r["options"])
+    _say(f"{len(results)} captions, {sum(len(r['options']) for r in results)} objects judged, {flagged} flagged")
+    if output is not None:
+        write_jsonl(output, results)
+        _say(f"wrote {output}")
+    if annotations is not None:
+        metrics = detection_metrics(results, annotations, config.identify.tau)
+        Console().print(detection_table(metrics))
+        if output is not None:
+            write_json(output.with_name(output.stem + ".metrics.json"), metrics)
 
 
 def main() -> None:

@@ -351,3 +351,19 @@ class ReportConfig:
     def __post_init__(self):
         if self.examples < 0 or self.thumbnail < 16:
             raise SeedError("--examples must be at least 0 and --thumbnail at least 16 pixels")
+
+
+# --------------------------------------------------------------------------- detect
+@dataclass
+class DetectConfig:
+    """How ``seed detect`` judges the objects a caption names."""
+
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    batch_size: int = field(default=16, metadata={"help": "Captions per batch."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest sampled caption (the consistency signal)."})
+
+    def __post_init__(self):
+        if "oracle" in self.identify.signals:
+            raise SeedError("seed detect judges captions without labels: --identify oracle is what --annotations scores against")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise SeedError("--batch-size and --max-new-tokens must be at least 1")

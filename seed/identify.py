@@ -222,7 +222,17 @@ def shared_evidence_scores(margin: torch.Tensor, evidence: torch.Tensor) -> torc
 
 
 # --------------------------------------------------------------------------- one batch of images
-def category_scores(
+def category_scores(vlm, images, captions, asked, margins, config: IdentifyConfig, lexicon, bans, truth, max_new_tokens: int):
+    """h(c) ∈ [0, 1] per image and category: the selected signals (:func:`signal_scores`) as a
+    product of experts, and the signals left out because they carried no information on this
+    batch (:func:`informative`)."""
+    by_signal = signal_scores(vlm, images, captions, asked, margins, config, lexicon, bans, truth, max_new_tokens)
+    ignored = [name for name, scores in by_signal.items() if name != "oracle" and not informative(scores)]
+    kept = [scores for name, scores in by_signal.items() if name not in ignored]
+    return [combine([scores[i] for scores in kept]) for i in range(len(images))], ignored
+
+
+def signal_scores(
     vlm,
     images: list[Image.Image],
     captions: list[str],
@@ -233,14 +243,13 @@ def category_scores(
     bans: SurfaceBans,
     truth: list[set[str]] | None,
     max_new_tokens: int,
-) -> tuple[list[dict[str, float]], list[str]]:
-    """h(c) ∈ [0, 1] per image and category: the selected signals as a product of experts, and the
-    signals left out because they carried no information on this batch (:func:`informative`).
+) -> dict[str, list[dict[str, float]]]:
+    """Each selected signal's h(c) ∈ [0, 1] per image: ``{signal: [{category: h}, ...]}``.
 
-    Self-probe, consistency, lens and oracle score every category of the pool (so a repair cannot swap
-    a flagged object for another doubtful one); shared evidence, the costly signal, scores the
-    categories in ``asked``; contrast and uncertainty score the objects the caption names, over
-    each mention's tokens (the most doubtful mention counts).
+    Self-probe, consistency, lens and oracle score every category of the image's pool (the keys of
+    ``margins[i]``, so a repair cannot swap a flagged object for another doubtful one); shared
+    evidence, the costly signal, scores the categories in ``asked``; contrast and uncertainty score
+    the objects the caption names, over each mention's tokens (the most doubtful mention counts).
     """
     if "oracle" in config.signals and truth is None:
         raise SeedError("--identify oracle needs --annotations for the purification images")
@@ -254,7 +263,7 @@ def category_scores(
     if "consistency" in config.signals:
         by_signal["consistency"] = _consistency(vlm, images, pools, config.samples, lexicon, max_new_tokens)
     if "lens" in config.signals:
-        words = {c: ids for c, ids in bans.category_ids().items() if c in (pools[0] if n else ())}
+        words = {c: ids for c, ids in bans.category_ids().items() if c in set().union(*pools)}
         by_signal["lens"] = lens_scores(vlm, images, words, config.lens_temperature)
     if "oracle" in config.signals:
         by_signal["oracle"] = [{c: float(c not in truth[i]) for c in pools[i]} for i in range(n)]
@@ -264,9 +273,7 @@ def category_scores(
     if token_signals:
         for name, scores in zip(token_signals, zip(*_mention_scores(vlm, images, captions, token_signals, config, lexicon))):
             by_signal[name] = list(scores)
-    ignored = [name for name, scores in by_signal.items() if name != "oracle" and not informative(scores)]
-    kept = [scores for name, scores in by_signal.items() if name not in ignored]
-    return [combine([scores[i] for scores in kept]) for i in range(n)], ignored
+    return by_signal
 
 
 def informative(scores: list[dict[str, float]], spread: float = 1e-3) -> bool:

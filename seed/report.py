@@ -131,3 +131,15 @@ def before_after_table(history: dict):
     if best is not None:
         columns[f"after (round {best})"] = by_round[best]["eval"]
     return metrics_table("before / after SEED (held-out set)", columns, delta=len(columns) == 2)
+
+
+def detection_table(metrics: Mapping[str, Mapping[str, Any]]) -> Table:
+    """``seed detect``'s scores of each signal (and the combination) as a hallucination detector."""
+    table = Table(title="hallucinated-object detection (positive = the image does not hold the object)")
+    for column in ("signal", "AUROC", "precision %", "recall %", "F1 %", "objects", "hallucinated"):
+        table.add_column(column, justify="left" if column == "signal" else "right")
+    for name, m in metrics.items():
+        auc = "n/a" if m["auroc"] is None else f"{m['auroc']:.3f}"
+        cells = [f"{100 * m[k]:.1f}" for k in ("precision", "recall", "f1")]
+        table.add_row(name, auc, *cells, str(m["n"]), str(m["hallucinated"]), style="bold" if name == "combined" else None)
+    return table
