@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # transformers is imported where a model is built, so that naming a world stays light
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
 # Same shape as llava-hf's template: "USER: <image>\n{text} ASSISTANT:".
 CHAT_TEMPLATE = (
@@ -53,6 +47,9 @@ class TinyLlavaConfig:
 
 def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over ``words`` (punctuation split off), with LLaVA's special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for w in sorted(set(words)):
         vocab.setdefault(w, len(vocab))
@@ -72,6 +69,8 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
 
 
 def build_processor(words: list[str], cfg: TinyLlavaConfig = TinyLlavaConfig()) -> LlavaProcessor:
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": cfg.image_size},
         crop_size={"height": cfg.image_size, "width": cfg.image_size},
@@ -90,6 +89,8 @@ def build_processor(words: list[str], cfg: TinyLlavaConfig = TinyLlavaConfig()) 
 
 def build_model(processor: LlavaProcessor, cfg: TinyLlavaConfig = TinyLlavaConfig()) -> LlavaForConditionalGeneration:
     """A randomly initialised tiny LLaVA whose vocabulary matches ``processor``'s tokenizer."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
     tok = processor.tokenizer
     vision = CLIPVisionConfig(
         hidden_size=cfg.vision_hidden,

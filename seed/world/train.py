@@ -22,7 +22,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 Progress = Callable[[int], None]
 
