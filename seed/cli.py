@@ -15,7 +15,7 @@ import typer
 from rich import markup
 from rich.console import Console
 
-from seed.config import POPE_SPLITS, ChairConfig, Decoding, DetectConfig, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig, ReportConfig
+from seed.config import POPE_SPLITS, ChairConfig, Decoding, DetectConfig, DetectorConfig, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig, ReportConfig
 from seed.errors import SeedError
 from seed.options import Options, with_configs
 
@@ -281,9 +281,14 @@ def export_command(
     _say(f"wrote {path}")
 
 
-@app.command("detect")
+detect_app = typer.Typer(help="Which objects in a caption are hallucinated; `seed detect train` distils a one-pass detector.")
+app.add_typer(detect_app, name="detect")
+
+
+@detect_app.callback(invoke_without_command=True)
 @with_configs(model=MODEL, config=Options(DetectConfig, names={"identify.signals": "identify"}))
 def detect_command(
+    context: typer.Context,
     model: ModelSpec,
     config: DetectConfig,
     captions: Optional[Path] = typer.Option(
@@ -299,6 +304,8 @@ def detect_command(
     from seed.io import write_json, write_jsonl
     from seed.report import detection_table
 
+    if context.invoked_subcommand is not None:
+        return
     if captions is None:
         raise SeedError('detect needs --captions FILE (JSON Lines of {"image", "caption"})')
     model, world = _on_world(model)
@@ -317,6 +324,28 @@ def detect_command(
         Console().print(detection_table(metrics))
         if output is not None:
             write_json(output.with_name(output.stem + ".metrics.json"), metrics)
+
+
+@detect_app.command("train")
+@with_configs(model=MODEL, config=Options(DetectorConfig, names={"teacher.signals": "teacher", "images": "num-images"}, only=(
+    "teacher.signals", "layer", "images", "coarse_steps", "fine_steps", "lr", "batch_size", "max_new_tokens", "seed")))  # fmt: skip
+def detect_train_command(
+    model: ModelSpec,
+    config: DetectorConfig,
+    images: Optional[Path] = typer.Option(None, "--images", help="Unlabelled images to learn from (default with no --model: the world's purify split)."),
+    out: Path = typer.Option(Path("runs/detector"), "--out", help="Folder for the detector (safetensors + config)."),
+) -> None:
+    """Distil the multi-signal identification into a one-pass detector: a head on the model's hidden states at
+    each mention, learnt from unlabelled images (first the teacher's image-level object scores, then its scores of
+    the objects the model's own captions name). Use it with `seed detect --detector OUT`."""
+    from seed.adapters import load_spec
+    from seed.detector import train_detector
+
+    if images is None and model.model is not None:
+        raise SeedError("detect train needs --images DIR with --model")
+    model, world = _on_world(model)
+    stats = train_detector(load_spec(model), images or world.images(world.purify_split), out, config)
+    _say(f"wrote {out}: {stats['images']} images, {stats['coarse_examples']} + {stats['fine_examples']} examples, {stats['seconds']} s")
 
 
 def main() -> None:

@@ -359,6 +359,9 @@ class DetectConfig:
     """How ``seed detect`` judges the objects a caption names."""
 
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    detector: str | None = field(
+        default=None, metadata={"help": "A distilled detector folder (seed detect train): judge in one pass per caption instead of the signals."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Captions per batch."})
     max_new_tokens: int = field(default=128, metadata={"help": "Longest sampled caption (the consistency signal)."})
 
@@ -367,3 +370,27 @@ class DetectConfig:
             raise SeedError("seed detect judges captions without labels: --identify oracle is what --annotations scores against")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise SeedError("--batch-size and --max-new-tokens must be at least 1")
+
+
+@dataclass
+class DetectorConfig:
+    """``seed detect train``: a one-pass detector distilled from the multi-signal identification."""
+
+    teacher: IdentifyConfig = field(
+        default_factory=lambda: IdentifyConfig(signals=("self-probe", "lens", "consistency", "evidence")),
+        metadata={"help": "The identification the detector learns from (its signals, pool, τ)."},
+    )
+    layer: int | None = field(default=None, metadata={"help": "Hidden-state layer the head reads (default: the middle of the language model)."})
+    images: int = field(default=400, metadata={"help": "Unlabelled images to learn from (at most)."})
+    coarse_steps: int = field(default=300, metadata={"help": "Steps on the teacher's image-level object scores."})
+    fine_steps: int = field(default=300, metadata={"help": "Steps on the teacher's scores of the objects the model's own captions name."})
+    lr: float = field(default=1e-2, metadata={"help": "Learning rate of the head."})
+    batch_size: int = field(default=16, metadata={"help": "Images per teacher batch."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest caption the model writes for the fine stage."})
+    seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the sampled signals."})
+
+    def __post_init__(self):
+        if "oracle" in self.teacher.signals:
+            raise SeedError("the detector learns from the model's own signals, without labels: the teacher cannot be the oracle")
+        if min(self.images, self.batch_size, self.max_new_tokens) < 1 or min(self.coarse_steps, self.fine_steps) < 0 or not self.lr > 0:
+            raise SeedError("--images, --batch-size and --max-new-tokens must be at least 1, the step counts at least 0, --lr > 0")

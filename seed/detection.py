@@ -17,6 +17,7 @@ import torch
 
 from seed.adapters import VisionLanguageModel, load_spec
 from seed.config import DetectConfig, ModelSpec
+from seed.detector import Detector
 from seed.errors import SeedError
 from seed.identify import combine, informative, signal_scores, yes_margin
 from seed.io import LazyImages, check_images, objects_by_file, read_records
@@ -59,11 +60,25 @@ def detect(
     records = read_caption_records(captions, lexicon)
     check_images(images, [r["image"] for r in records])
     vlm = load_spec(model) if isinstance(model, ModelSpec) else model
+    student = Detector.load(config.detector, vlm, lexicon) if config.detector else None
     bans = SurfaceBans(vlm.tokenizer, lexicon, {c for r in records for c in r["options"]})
     out = []
     for start in range(0, len(records), config.batch_size):
-        out += _detect_batch(vlm, records[start : start + config.batch_size], images, config, lexicon, bans)
+        batch = records[start : start + config.batch_size]
+        out += _student_batch(vlm, student, batch, images, config) if student else _detect_batch(vlm, batch, images, config, lexicon, bans)
     return out
+
+
+def _student_batch(vlm, student: Detector, records: list[dict], folder, config: DetectConfig) -> list[dict]:
+    """The distilled detector's judgement: one teacher-forced pass per caption."""
+    loaded = LazyImages(folder, [r["image"] for r in records])
+    probs = student.probabilities(vlm, [loaded[i] for i in range(len(records))], [r["caption"] for r in records], [r["options"] for r in records])
+    return [
+        {"image": r["image"], "caption": r["caption"], "options": [
+            {"object": c, "probability": p[c], "flagged": p[c] > config.identify.tau, "signals": {"detector": p[c]}} for c in r["options"] if c in p
+        ]}  # fmt: skip
+        for r, p in zip(records, probs)
+    ]
 
 
 def _detect_batch(vlm, records: list[dict], folder, config: DetectConfig, lexicon, bans) -> list[dict]:

@@ -19,7 +19,7 @@ FLOORS = {
     "seed.adapters": 1,
     "seed.purge": 2, "seed.isolate": 2, "seed.targets": 2, "seed.losses": 2,
     "seed.identify": 3,
-    "seed.purify": 4, "seed.distill": 4, "seed.detection": 4,
+    "seed.purify": 4, "seed.distill": 4, "seed.detection": 4, "seed.detector": 4,
     "seed.decoding": 5,
     "seed.evaluation": 6,
     "seed.report": 7, "seed.html_report": 7, "seed.world": 7,

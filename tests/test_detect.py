@@ -79,3 +79,24 @@ def test_bad_input_is_one_line_and_exit_2(llava15_dir, data, tmp_path, monkeypat
         main()
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and expected in err, err
+
+
+def test_a_distilled_detector_judges_in_one_pass_and_only_on_its_base(llava15_dir, tiny_llava_dir, data, tmp_path):
+    from seed.adapters import load
+    from seed.config import DetectorConfig
+    from seed.detector import CONFIG_FILE, Detector, train_detector
+    from seed.errors import SeedError
+    from seed.lexicon import ObjectLexicon
+
+    vlm = load(str(llava15_dir), device="cpu")
+    teacher = IdentifyConfig(signals=("self-probe", "lens", "evidence"), categories=tuple(OBJECTS))
+    stats = train_detector(vlm, data / "images", tmp_path / "det", DetectorConfig(teacher=teacher, coarse_steps=20, fine_steps=20, batch_size=3))
+    assert stats["images"] == 3 and stats["coarse_examples"] == 3 * len(OBJECTS) and stats["fine_examples"] > 0
+    assert json.loads((tmp_path / "det" / CONFIG_FILE).read_text())["pool"] == OBJECTS
+    results = detect(vlm, data / "captions.jsonl", data / "images", DetectConfig(detector=str(tmp_path / "det")))
+    assert [len(r["options"]) for r in results] == [3, 3, 4, 3]  # an option the caption does not name is read from "There is a …."
+    assert all(set(o["signals"]) == {"detector"} and 0 < o["probability"] < 1 for r in results for o in r["options"])
+    with pytest.raises(SeedError, match="was trained on"):
+        Detector.load(tmp_path / "det", load(str(tiny_llava_dir), device="cpu"), ObjectLexicon.default())
+    with pytest.raises(SeedError, match="not a detector folder"):
+        Detector.load(tmp_path, vlm, ObjectLexicon.default())

@@ -229,6 +229,33 @@ class VisionLanguageModel:
         return logits, ids.to(self.device), mask
 
     @torch.no_grad()
+    def response_states(
+        self, images: list[Image.Image], prompts: list[str], responses: list[str], layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The language model's hidden states AT each response token (after reading it), from
+        one teacher-forced pass: ``(states [B, T, D] float32, response_ids [B, T], mask [B, T],
+        image states: one float32 [P, D] per row)``, laid out as :meth:`response_logits`;
+        ``layer`` indexes ``hidden_states`` (0 = embeddings)."""
+        texts = [self.build_prompt(p, image=images is not None) for p in prompts]
+        response_ids = self._response_token_ids(texts, responses)
+        batch = self._encode(images, texts, response_ids)
+        batch.pop("response_mask")
+        hidden = self.model(**batch, output_hidden_states=True).hidden_states[layer]
+        image = [row[keep].float() for row, keep in zip(hidden, batch["input_ids"] == self.image_token_id)]
+        lengths = torch.tensor([len(r) for r in response_ids], device=hidden.device)
+        T = int(lengths.max())
+        steps = torch.arange(T, device=hidden.device)
+        mask = steps[None, :] < lengths[:, None]
+        # Response token t of a row of n sits at L-n+t: index T-n+t+1 among the last T+1 positions.
+        index = torch.where(mask, (T - lengths)[:, None] + steps[None, :] + 1, 0)
+        kept = hidden[:, -(T + 1) :]
+        states = kept.gather(1, index[:, :, None].expand(-1, -1, kept.shape[-1])).float()
+        ids = torch.full((len(response_ids), T), self.pad_token_id, dtype=torch.long)
+        for b, row in enumerate(response_ids):
+            ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return states.masked_fill(~mask[:, :, None], 0.0), ids.to(hidden.device), mask, image
+
+    @torch.no_grad()
     def image_states(self, images: list[Image.Image]) -> list[torch.Tensor]:
         """What the language model reads at each image's placeholder positions: the projected
         image features, one float32 [P, D] per image (P = all tiles' tokens)."""
