@@ -140,3 +140,11 @@ def internvl_bpe_dir(tmp_path_factory) -> Path:
     from subword_models import build_internvl_bpe
 
     return build_internvl_bpe(tmp_path_factory.mktemp("internvl-bpe"))
+
+
+@pytest.fixture(scope="session")
+def internvl2_remote_dir(tmp_path_factory) -> Path:
+    """A remote-code InternVL2 checkpoint (its modelling code in the folder), taught three captions."""
+    from remote_internvl2 import build_internvl2_remote
+
+    return build_internvl2_remote(tmp_path_factory.mktemp("internvl2-remote"))
