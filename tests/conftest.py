@@ -155,3 +155,11 @@ def tensorboard_scalars():
         return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
     return read
+
+
+@pytest.fixture(scope="session")
+def internvl2_remote_dir(tmp_path_factory) -> Path:
+    """A remote-code InternVL2 checkpoint (its modelling code in the folder), taught three captions."""
+    from remote_internvl2 import build_internvl2_remote
+
+    return build_internvl2_remote(tmp_path_factory.mktemp("internvl2-remote"))

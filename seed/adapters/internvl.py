@@ -6,14 +6,17 @@
   class check fails, and ``AutoProcessor`` then silently hands back the bare tokenizer), so the
   processor is assembled here from its image processor and tokenizer, video support left out.
 * ``InternVL2RemoteVLM`` — ``OpenGVLab/InternVL2-*`` with the repository's own modelling code
-  (``trust_remote_code=True``). UNTESTED HERE: no such checkpoint can be downloaded in our test
-  environment. It reimplements the repository's 448-px dynamic tiling and uses the tokenizer's
+  (``trust_remote_code=True``). Tested on a tiny checkpoint shipping stub modelling code with
+  InternVL2's interface (tests/remote_internvl2.py), not on a real one (none can be downloaded in
+  our test environment). It reimplements the repository's dynamic tiling (tile size, most tiles
+  and thumbnail from the checkpoint's config.json) and uses the tokenizer's
   own chat template (ChatML when it has none) with no system prompt, whereas the repository's
   ``chat()`` adds its own system prompt; numbers may therefore differ a little from ``chat()``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,7 +116,7 @@ class InternVLVLM(VisionLanguageModel):
         )
 
 
-# ---------------------------------------------------------------------- remote code (untested here)
+# ---------------------------------------------------------------------- remote code
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -123,10 +126,10 @@ CHATML_TEMPLATE = (
 )
 
 
-def tile_image(image: Image.Image, tile: int = 448, max_tiles: int = 12) -> list[Image.Image]:
+def tile_image(image: Image.Image, tile: int = 448, max_tiles: int = 12, thumbnail: bool = True) -> list[Image.Image]:
     """InternVL2's dynamic resolution: the grid (≤ max_tiles tiles) closest to the image's aspect
-    ratio, the image resized onto it and cut into ``tile``-px squares, plus a whole-image thumbnail
-    when there is more than one tile."""
+    ratio, the image resized onto it and cut into ``tile``-px squares, plus (with ``thumbnail``) a
+    whole-image thumbnail when there is more than one tile."""
     w, h = image.size
     grids = sorted(
         {(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if c * r <= max_tiles},
@@ -141,7 +144,7 @@ def tile_image(image: Image.Image, tile: int = 448, max_tiles: int = 12) -> list
     c, r = best
     resized = image.convert("RGB").resize((c * tile, r * tile), Image.BICUBIC)
     tiles = [resized.crop((x * tile, y * tile, (x + 1) * tile, (y + 1) * tile)) for y in range(r) for x in range(c)]
-    if len(tiles) > 1:
+    if thumbnail and len(tiles) > 1:
         tiles.append(image.convert("RGB").resize((tile, tile), Image.BICUBIC))
     return tiles
 
@@ -161,8 +164,6 @@ class InternVL2RemoteVLM(VisionLanguageModel):
         r"feed_forward\.w[123]",
     )
     unquantized_modules = ("vision_model", "mlp1", "language_model.output", "language_model.lm_head")
-    tile_size = 448
-    max_tiles = 12
 
     @classmethod
     def from_pretrained(cls, path: str, *, device: str, dtype: torch.dtype, quantization_config=None) -> InternVL2RemoteVLM:
@@ -174,6 +175,10 @@ class InternVL2RemoteVLM(VisionLanguageModel):
         model = AutoModel.from_pretrained(path, **kwargs)
         if quantization_config is None:
             model = model.to(device)
+        if getattr(model, "generation_config", None) is None:
+            # transformers adds GenerationMixin (and with it a generation_config) to a remote class on
+            # its first load in a process only; later loads get the bare registered class.
+            model.generation_config = copy.deepcopy(model.language_model.generation_config)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, use_fast=False)
         # The chat turn ends with the template's separator, not the tokenizer's </s>.
         for end_of_turn in ("<|im_end|>", "<|end|>"):
@@ -194,12 +199,21 @@ class InternVL2RemoteVLM(VisionLanguageModel):
             conversation, chat_template=template, add_generation_prompt=True, tokenize=False
         )
 
+    def tiling(self) -> tuple[int, int, bool]:
+        """Tile size, most tiles and whether to add a thumbnail, from the checkpoint's config.json
+        (``force_image_size``, ``max_dynamic_patch``, ``dynamic_image_size``, ``use_thumbnail``)."""
+        config = self.model.config
+        size = getattr(config, "force_image_size", None) or config.vision_config.image_size
+        tiles = getattr(config, "max_dynamic_patch", 12) if getattr(config, "dynamic_image_size", True) else 1
+        return size, tiles, getattr(config, "use_thumbnail", True)
+
     def _process(self, images, texts):
         pixel_values, expanded = [], []
         images = images if images is not None else [None] * len(texts)
+        tiling = self.tiling()
         for image, text in zip(images, texts):
             if image is not None:
-                tiles = tile_image(image, self.tile_size, self.max_tiles)
+                tiles = tile_image(image, *tiling)
                 pixel_values += [self._normalise(t) for t in tiles]
                 context = "<IMG_CONTEXT>" * (self.model.num_image_token * len(tiles))
                 text = text.replace("<image>", f"<img>{context}</img>", 1)
