@@ -26,6 +26,13 @@ PARSERS = ("official", "strict")
 DEFAULT_SEEDS = (1, 2, 3)
 
 
+def _at_least(minimum: float, **options) -> None:
+    """Refuse an option below ``minimum`` (named as on the command line); None means unset."""
+    for name, value in options.items():
+        if value is not None and not value >= minimum:
+            raise SeedError(f"--{name.replace('_', '-')} must be at least {minimum}, not {value}")
+
+
 # --------------------------------------------------------------------------- models and decoding
 @dataclass(frozen=True)
 class ModelSpec:
@@ -94,8 +101,12 @@ class IdentifyConfig:
         unknown = [s for s in self.signals if s not in SIGNALS]
         if unknown or not self.signals:
             raise SeedError(f"--identify takes {', '.join(SIGNALS)}; got {', '.join(unknown) or 'nothing'}")
-        if self.samples < 1:
-            raise SeedError(f"--samples must be at least 1, not {self.samples}")
+        _at_least(1, samples=self.samples)
+        _at_least(0, questions_per_image=self.questions_per_image)
+        if not 0 <= self.tau <= 1:
+            raise SeedError(f"--tau is a hallucination score threshold in [0, 1], not {self.tau}")
+        if not (self.probe_scale > 0 and self.lens_temperature > 0):
+            raise SeedError(f"--probe-scale and --lens-temperature must be > 0, not {self.probe_scale}, {self.lens_temperature}")
         if self.null_image not in NULL_IMAGES:
             raise SeedError(f"--null-image takes {', '.join(NULL_IMAGES)}, not {self.null_image!r}")
         if self.categories is not None:
@@ -114,6 +125,10 @@ class PurifyConfig:
     batch_size: int = field(default=16, metadata={"help": "Responses per teacher forward pass."})
     shard_size: int = field(default=32, metadata={"help": "Images per stored shard (the unit of resumption)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampled signals and captions (shard s uses seed + s)."})
+
+    def __post_init__(self):
+        _at_least(1, repair_beams=self.repair_beams, top_k=self.top_k, max_new_tokens=self.max_new_tokens)
+        _at_least(1, batch_size=self.batch_size, shard_size=self.shard_size)
 
 
 # --------------------------------------------------------------------------- distill
@@ -179,12 +194,14 @@ class DistillConfig:
             raise SeedError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, not {self.mixed_precision!r}")
         if self.lr_scheduler not in SCHEDULERS:
             raise SeedError(f"the learning-rate schedule must be one of {', '.join(SCHEDULERS)}, not {self.lr_scheduler!r}")
-        if min(self.batch_size, self.grad_accum, self.epochs) < 1 or (self.max_steps is not None and self.max_steps < 1):
-            raise SeedError("batch size, gradient accumulation, epochs and max steps must be at least 1")
+        _at_least(1, batch_size=self.batch_size, grad_accum=self.grad_accum, epochs=self.epochs, max_steps=self.max_steps)
         if self.chunk_size is not None and self.chunk_size < 1:
             raise SeedError(f"the loss chunk size must be at least 1, not {self.chunk_size}")
-        if not self.lr > 0:
-            raise SeedError(f"learning rate must be > 0, not {self.lr}")
+        if not self.lr > 0 or not self.eps > 0:
+            raise SeedError(f"the learning rate and eps must be > 0, not {self.lr}, {self.eps}")
+        if not 0 <= self.beta <= 1:
+            raise SeedError(f"--beta must be in [0, 1], not {self.beta}")
+        _at_least(0, site_weight=self.site_weight, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -198,7 +215,8 @@ class PopeConfig:
         default=None,
         metadata={
             "help": "Question file (JSON Lines or JSON array; '{split}' in the path stands for each split) or a shipped "
-            "name (random, popular, adversarial, random.v2023-08). Default: the shipped COCO split(s) with --model, the embedded world's without."
+            "name (random, popular, adversarial, random.v2023-08). Default: the shipped COCO split(s) with --model or --answers; "
+            "the embedded world's when its model runs (no --model)."
         },
     )
     annotations: str | None = field(
@@ -231,10 +249,7 @@ class PopeConfig:
             raise SeedError(f"--protocol must be greedy or sampling, not {self.protocol!r}")
         if self.parser not in PARSERS:
             raise SeedError(f"unknown parser {self.parser!r}: choose {' or '.join(PARSERS)}")
-        if self.batch_size < 1:
-            raise SeedError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.max_new_tokens < 1:
-            raise SeedError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
+        _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, num_images=self.num_images)
         if self.protocol == "greedy" and self.seeds is not None:
             raise SeedError("--seeds applies to --protocol sampling only (greedy decoding has no randomness)")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
@@ -267,8 +282,7 @@ class ChairConfig:
     max_new_tokens: int = field(default=128, metadata={"help": "Longest caption generated."})
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_images < 1:
-            raise SeedError("--batch-size, --max-new-tokens and --num-images must be at least 1")
+        _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, num_images=self.num_images)
 
 
 # --------------------------------------------------------------------------- evolve
@@ -309,8 +323,8 @@ class EvolveConfig:
     eval_batch_size: int = field(default=32, metadata={"help": "Questions per forward pass when evaluating."})
 
     def __post_init__(self):
-        if self.rounds < 1 or self.patience < 1:
-            raise SeedError("--rounds and --patience must be at least 1")
+        _at_least(1, rounds=self.rounds, patience=self.patience, pope_images=self.pope_images, chair_images=self.chair_images)
+        _at_least(1, eval_batch_size=self.eval_batch_size)
         if not 0 <= self.min_recall <= 1:
             raise SeedError(f"--min-recall is a share of the base's recall in [0, 1], not {self.min_recall}")
         if self.selection_split not in POPE_SPLITS:

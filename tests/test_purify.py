@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -12,7 +14,7 @@ from seed.lexicon import ObjectLexicon
 from seed.config import IdentifyConfig, PurifyConfig
 from seed.isolate import category_tokens, object_token_map
 from seed.purify import purify
-from seed.targets import load_shards
+from seed.targets import load_shards, shard_records
 
 
 def test_shared_evidence_flags_the_object_whose_evidence_is_anothers():
@@ -100,12 +102,14 @@ def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkey
 
     records_a, tensors_a = load_shards(full)
     records_b, tensors_b = load_shards(resumed)
-    assert records_a == records_b and sum("category" not in r for r in records_a) == 5  # one caption per readable image
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    dropped = [n["dropped"] for s in range(3) for n in shard_records(resumed, s)[1] if "dropped" in n]
+    assert records_a == records_b and len(records_a) == len(tensors_a["item"]) and manifest["dropped_repairs"] == len(dropped)
+    assert sum("category" not in r for r in records_a + dropped) == 5  # one caption per readable image, stored or dropped
     assert tensors_a.keys() == tensors_b.keys()
     for key in tensors_a:
         assert torch.equal(tensors_a[key], tensors_b[key]), key
-    manifest = (resumed / "manifest.json").read_text()
-    assert "broken.png" in manifest  # a corrupt image is skipped and counted
+    assert [k["image"] for k in manifest["skipped"]] == ["broken.png"]  # a corrupt image is skipped and counted
     probs = tensors_a["topk_probs"][tensors_a["mask"]]
     assert torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=1e-5)
     assert not (tensors_a["topk_probs"] * tensors_a["flags"]).any()  # purged candidates carry no mass
