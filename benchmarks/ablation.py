@@ -62,7 +62,7 @@ def main() -> None:
         manifest = read_json(purified / "manifest.json")
         if manifest.get("adapter"):
             raise SystemExit(f"{purified} was purified with an adapter ({manifest['adapter']}); the ablation needs the base model's shards")
-        purify_config = manifest["options"]["config"]
+        purify_config = manifest["fingerprint"]["options"]
     else:
         purified = purify(
             load_spec(spec), images=data.purify_images, annotations=data.purify_annotations, out=out / "purified", config=purify_config

@@ -19,7 +19,7 @@ from PIL import Image
 
 from seed.adapters import load
 from seed.identify import combine, consistency_scores, find_mentions, lens_scores, region_evidence, shared_evidence_scores, to_unit
-from seed.io import load_coco
+from seed.coco import load_coco
 from seed.isolate import category_tokens, object_token_map
 from seed.lexicon import ObjectLexicon
 from seed.prompts import CAPTION_PROMPT

@@ -108,11 +108,12 @@ def _pope_command(split: str | None):
             _refuse_with_files(model=model.model, adapter=model.adapter, images=config.images, annotations=config.annotations)
             if len(config.splits) == 1:
                 name = config.splits[0]
-                result = score_answers_file(str(answers).replace("{split}", name), config.questions or name, config.parser, benchmark=f"pope-{name}")
+                answers_file = str(answers).replace("{split}", name)
+                result = score_answers_file(answers_file, config.questions or name, config.parser, benchmark=f"pope-{name}", split=name)
             elif "{split}" not in str(answers):
                 raise SeedError("several splits need one answers file each: put {split} in the --answers path")
             else:
-                result = score_pope_files({s: str(answers).replace("{split}", s) for s in config.splits}, config.parser)
+                result = score_pope_files({s: str(answers).replace("{split}", s) for s in config.splits}, config.parser, config.questions)
             Console().print(pope_table(result))
             if output is not None:
                 write_result(output, result)
@@ -215,7 +216,6 @@ def purify_command(
     show: int = typer.Option(0, help="Print N purified examples with flagged words highlighted, then exit."),
 ) -> None:
     """Identify, isolate and purge hallucinations; store the purified targets."""
-    from seed.adapters import load_spec
     from seed.purify import purify, show_examples
 
     if show:
@@ -228,7 +228,7 @@ def purify_command(
         images = world.images(world.purify_split)
         if annotations is None and "oracle" in config.identify.signals:
             annotations = world.annotations(world.purify_split)
-    typer.echo(str(purify(load_spec(model), images=images, out=out, adapter=model.adapter, annotations=annotations, config=config)))
+    typer.echo(str(purify(model, images=images, out=out, annotations=annotations, config=config)))
 
 
 # --------------------------------------------------------------------------- evolve, export
@@ -349,9 +349,15 @@ def detect_train_command(
 
 
 def main() -> None:
-    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    """Console entry point: user mistakes become one line on stderr and exit code 2, and so do
+    the OS errors (a full disk, a folder without write permission) that no reader or writer
+    turned into one first."""
     try:
         app()
     except SeedError as e:
         console.print(f"[bold red]error:[/] {markup.escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        console.print(f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -27,6 +27,13 @@ TRACKERS = ("tensorboard", "wandb")  # experiment trackers, through accelerate
 DEFAULT_SEEDS = (1, 2, 3)
 
 
+def _at_least(minimum: float, **options) -> None:
+    """Refuse an option below ``minimum`` (named as on the command line); None means unset."""
+    for name, value in options.items():
+        if value is not None and not value >= minimum:
+            raise SeedError(f"--{name.replace('_', '-')} must be at least {minimum}, not {value}")
+
+
 # --------------------------------------------------------------------------- models and decoding
 @dataclass(frozen=True)
 class ModelSpec:
@@ -41,9 +48,7 @@ class ModelSpec:
     dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16 or float16 (default: bf16 or fp16 on GPU, fp32 on CPU)."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Quantise the language model to 4-bit NF4 (bitsandbytes)."})
     load_in_8bit: bool = field(default=False, metadata={"help": "Quantise the language model to 8-bit (bitsandbytes)."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run the checkpoint's own modelling code (InternVL2); only for code you trust."}
-    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the checkpoint's own modelling code (InternVL2); only for code you trust."})
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,7 @@ class Decoding:
 class IdentifyConfig:
     """Which signals score the objects of an image, and where a score becomes a flag."""
 
-    signals: tuple[str, ...] = field(
-        default=("self-probe", "lens"), metadata={"help": f"Signals that flag hallucinated objects: {', '.join(SIGNALS)}."}
-    )
+    signals: tuple[str, ...] = field(default=("self-probe", "lens"), metadata={"help": f"Signals that flag hallucinated objects: {', '.join(SIGNALS)}."})
     tau: float = field(default=0.5, metadata={"help": "Flag a category when its hallucination score h > tau (affirm it when h < 1 - tau)."})
     probe_offset: float = field(default=0.0, metadata={"help": "A self-probe yes-margin below this counts against the object."})
     probe_scale: float = field(default=1.0, metadata={"help": "Yes-margin units that move the self-probe's h from 0.5 to σ(1)."})
@@ -95,8 +98,12 @@ class IdentifyConfig:
         unknown = [s for s in self.signals if s not in SIGNALS]
         if unknown or not self.signals:
             raise SeedError(f"--identify takes {', '.join(SIGNALS)}; got {', '.join(unknown) or 'nothing'}")
-        if self.samples < 1:
-            raise SeedError(f"--samples must be at least 1, not {self.samples}")
+        _at_least(1, samples=self.samples)
+        _at_least(0, questions_per_image=self.questions_per_image)
+        if not 0 <= self.tau <= 1:
+            raise SeedError(f"--tau is a hallucination score threshold in [0, 1], not {self.tau}")
+        if not (self.probe_scale > 0 and self.lens_temperature > 0):
+            raise SeedError(f"--probe-scale and --lens-temperature must be > 0, not {self.probe_scale}, {self.lens_temperature}")
         if self.null_image not in NULL_IMAGES:
             raise SeedError(f"--null-image takes {', '.join(NULL_IMAGES)}, not {self.null_image!r}")
         if self.categories is not None:
@@ -110,13 +117,15 @@ class PurifyConfig:
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     repair_beams: int = field(default=4, metadata={"help": "Beams of the purified decoding that repairs captions."})
     top_k: int = field(default=8, metadata={"help": "Stored top-K width."})
-    max_new_tokens: int = field(
-        default=128, metadata={"help": "Longest caption the teacher writes (tokens); a caption cut by it is not stored as a target."}
-    )
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest caption the teacher writes (tokens); a caption cut by it is not stored as a target."})
     do_sample: bool = field(default=False, metadata={"help": "Sample the teacher's captions (T=1) instead of greedy decoding."})
     batch_size: int = field(default=16, metadata={"help": "Responses per teacher forward pass."})
     shard_size: int = field(default=32, metadata={"help": "Images per stored shard (the unit of resumption)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampled signals and captions (shard s uses seed + s)."})
+
+    def __post_init__(self):
+        _at_least(1, repair_beams=self.repair_beams, top_k=self.top_k, max_new_tokens=self.max_new_tokens)
+        _at_least(1, batch_size=self.batch_size, shard_size=self.shard_size)
 
 
 # --------------------------------------------------------------------------- distill
@@ -127,9 +136,7 @@ class HEAConfig:
     rank: int = field(default=16, metadata={"help": "LoRA rank of the HEA."})
     alpha: int = field(default=32, metadata={"help": "LoRA alpha of the HEA."})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout of the HEA."})
-    target_modules: str | None = field(
-        default=None, metadata={"help": "PEFT target_modules regex (default: the family's language-model projections)."}
-    )
+    target_modules: str | None = field(default=None, metadata={"help": "PEFT target_modules regex (default: the family's language-model projections)."})
 
     def __post_init__(self):
         if self.rank < 1 or self.alpha < 1:
@@ -152,9 +159,7 @@ class DistillConfig:
     chunk_size: int | None = field(
         default=None, metadata={"help": "Reverse KL over this many time steps at a time, recomputed in backward (saves memory on large vocabularies)."}
     )
-    site_weight: float = field(
-        default=4.0, metadata={"help": "Loss weight of hallucination sites, the tokens purification changed (1 = unweighted)."}
-    )
+    site_weight: float = field(default=4.0, metadata={"help": "Loss weight of hallucination sites, the tokens purification changed (1 = unweighted)."})
     captions: str = field(
         default="all", metadata={"help": "Captions the adapter trains on: all, repaired (the ones purification changed) or none; answers always."}
     )
@@ -176,9 +181,7 @@ class DistillConfig:
         default=None,
         metadata={"help": f"Log per-step loss and learning rate (and seed evolve's per-round metrics) to {' or '.join(TRACKERS)}, through accelerate's trackers; nothing is logged when unset."},
     )
-    logging_dir: str | None = field(
-        default=None, metadata={"help": "Folder of the tracker's files (default: OUT/logs under seed evolve, ./logs otherwise)."}
-    )
+    logging_dir: str | None = field(default=None, metadata={"help": "Folder of the tracker's files (default: OUT/logs under seed evolve, ./logs otherwise)."})
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -189,12 +192,14 @@ class DistillConfig:
             raise SeedError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, not {self.mixed_precision!r}")
         if self.lr_scheduler not in SCHEDULERS:
             raise SeedError(f"the learning-rate schedule must be one of {', '.join(SCHEDULERS)}, not {self.lr_scheduler!r}")
-        if min(self.batch_size, self.grad_accum, self.epochs) < 1 or (self.max_steps is not None and self.max_steps < 1):
-            raise SeedError("batch size, gradient accumulation, epochs and max steps must be at least 1")
+        _at_least(1, batch_size=self.batch_size, grad_accum=self.grad_accum, epochs=self.epochs, max_steps=self.max_steps)
         if self.chunk_size is not None and self.chunk_size < 1:
             raise SeedError(f"the loss chunk size must be at least 1, not {self.chunk_size}")
-        if not self.lr > 0:
-            raise SeedError(f"learning rate must be > 0, not {self.lr}")
+        if not self.lr > 0 or not self.eps > 0:
+            raise SeedError(f"the learning rate and eps must be > 0, not {self.lr}, {self.eps}")
+        if not 0 <= self.beta <= 1:
+            raise SeedError(f"--beta must be in [0, 1], not {self.beta}")
+        _at_least(0, site_weight=self.site_weight, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm)
         if self.log_with is not None and self.log_with not in TRACKERS:
             raise SeedError(f"--log-with must be {' or '.join(TRACKERS)}, not {self.log_with!r}")
 
@@ -210,7 +215,8 @@ class PopeConfig:
         default=None,
         metadata={
             "help": "Question file (JSON Lines or JSON array; '{split}' in the path stands for each split) or a shipped "
-            "name (random, popular, adversarial, random.v2023-08). Default: the shipped COCO split(s) with --model, the embedded world's without."
+            "name (random, popular, adversarial, random.v2023-08). Default: the shipped COCO split(s) with --model or --answers; "
+            "the embedded world's when its model runs (no --model)."
         },
     )
     annotations: str | None = field(
@@ -243,10 +249,7 @@ class PopeConfig:
             raise SeedError(f"--protocol must be greedy or sampling, not {self.protocol!r}")
         if self.parser not in PARSERS:
             raise SeedError(f"unknown parser {self.parser!r}: choose {' or '.join(PARSERS)}")
-        if self.batch_size < 1:
-            raise SeedError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.max_new_tokens < 1:
-            raise SeedError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
+        _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, num_images=self.num_images)
         if self.protocol == "greedy" and self.seeds is not None:
             raise SeedError("--seeds applies to --protocol sampling only (greedy decoding has no randomness)")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
@@ -267,20 +270,15 @@ class ChairConfig:
 
     images: str | None = field(default=None, metadata={"help": "Folder holding the annotated image files."})
     annotations: str | None = field(default=None, metadata={"help": "COCO-format instances JSON: the ground-truth objects of each image."})
-    ref_captions: str | None = field(
-        default=None, metadata={"help": "COCO captions JSON: objects named in the reference captions also count as present."}
-    )
-    lexicon: str | None = field(
-        default=None, metadata={"help": "Extra object words, one 'word' or 'word: category' per line, added to COCO's 80 categories."}
-    )
+    ref_captions: str | None = field(default=None, metadata={"help": "COCO captions JSON: objects named in the reference captions also count as present."})
+    lexicon: str | None = field(default=None, metadata={"help": "Extra object words, one 'word' or 'word: category' per line, added to COCO's 80 categories."})
     num_images: int = field(default=500, metadata={"help": "Annotated images to caption, sampled with --image-seed (all if fewer)."})
     image_seed: int = field(default=0, metadata={"help": "Seed of the image sample."})
     batch_size: int = field(default=8, metadata={"help": "Images per generate call."})
     max_new_tokens: int = field(default=128, metadata={"help": "Longest caption generated."})
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_images < 1:
-            raise SeedError("--batch-size, --max-new-tokens and --num-images must be at least 1")
+        _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, num_images=self.num_images)
 
 
 # --------------------------------------------------------------------------- evolve
@@ -300,9 +298,7 @@ class EvolveConfig:
     rounds: int = field(default=2, metadata={"help": "Most purify → distil → evaluate rounds."})
     distill: DistillConfig = field(default_factory=DistillConfig)
     purify: PurifyConfig = field(default_factory=PurifyConfig)
-    images: str | None = field(
-        default=None, metadata={"help": "Unlabelled images to purify (required with --model; default: the world's purify split)."}
-    )
+    images: str | None = field(default=None, metadata={"help": "Unlabelled images to purify (required with --model; default: the world's purify split)."})
     annotations: str | None = field(default=None, metadata={"help": "COCO instances of --images; only the oracle signal reads them."})
     eval_images: str | None = field(default=None, metadata={"help": "Held-out images for POPE and CHAIR (required with --model)."})
     eval_annotations: str | None = field(
@@ -321,8 +317,8 @@ class EvolveConfig:
     eval_batch_size: int = field(default=32, metadata={"help": "Questions per forward pass when evaluating."})
 
     def __post_init__(self):
-        if self.rounds < 1 or self.patience < 1:
-            raise SeedError("--rounds and --patience must be at least 1")
+        _at_least(1, rounds=self.rounds, patience=self.patience, pope_images=self.pope_images, chair_images=self.chair_images)
+        _at_least(1, eval_batch_size=self.eval_batch_size)
         if not 0 <= self.min_recall <= 1:
             raise SeedError(f"--min-recall is a share of the base's recall in [0, 1], not {self.min_recall}")
         if self.selection_split not in POPE_SPLITS:

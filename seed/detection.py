@@ -20,7 +20,8 @@ from seed.config import DetectConfig, ModelSpec
 from seed.detector import Detector
 from seed.errors import SeedError
 from seed.identify import combine, informative, signal_scores, yes_margin
-from seed.io import LazyImages, check_images, objects_by_file, read_records
+from seed.coco import objects_by_file
+from seed.io import LazyImages, check_images, read_records
 from seed.isolate import SurfaceBans
 from seed.lexicon import ObjectLexicon
 

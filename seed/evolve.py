@@ -9,7 +9,10 @@
               away from the window (a model that learns to say "no" inflates precision)
 
 A killed run resumes at the first round missing from ``history.json``; a round folder without
-a history entry is half-done and is redone from scratch. Purification images and evaluation
+a history entry is half-done: its purification is kept when it belongs to the round (same
+fingerprint; purify verifies its shards and redoes only what is missing), the rest is redone.
+``history.json`` records the run's options and fingerprint (model and adapter by content, data),
+and a resume that differs is refused, naming the fields. Purification images and evaluation
 images never overlap.
 
     from seed.evolve import EvolveConfig, evolve
@@ -26,15 +29,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from seed.adapters import load_spec
-from seed.adapters.hea import save_hea
-from seed.config import ChairConfig, Decoding, EvolveConfig, ModelSpec, PopeConfig
+from seed.adapters import load_spec, resolve_model_name
+from seed.adapters.hea import checkpoint_identity, save_hea
+from seed.config import ChairConfig, Decoding, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig
 from seed.distill import distill
 from seed.errors import SeedError
 from seed.evaluation.chair import evaluate_chair_model
 from seed.evaluation.pope import SPLITS, evaluate_pope, load_questions
-from seed.io import image_files, md5_file, read_json, write_dir_atomically, write_json
-from seed.purify import purify
+from seed.io import (
+    check_output, differences, image_files, make_dirs, md5_file, md5_strings, read_json, read_json_object, write_dir_atomically, write_json,
+)  # fmt: skip
+from seed.purify import fingerprint, purify, stale_fields
 from seed.report import before_after_table, round_summary, rounds_table
 from seed.targets import load_shards
 from seed.tracking import check_tracker, log_once
@@ -43,8 +48,8 @@ from seed.world import World
 HISTORY_FILE = "history.json"
 POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 CHAIR_KEYS = ("chair_i", "chair_s", "recall", "mean_length")
-# Options that may change between a killed run and its resume (they do not change any result).
-RESUMABLE_OPTIONS = ("rounds",)
+# Fields that may change between a killed run and its resume (they do not change any result).
+RESUMABLE = ("options.rounds", "options.model.device")
 
 
 # --------------------------------------------------------------------------- data
@@ -91,7 +96,7 @@ def purification_images(data: Datasets) -> list[str]:
 
 def evaluation_images(data: Datasets) -> list[str]:
     """File names of every image POPE or CHAIR may show: the annotated images and the questions' images."""
-    names = {img.get("file_name") for img in read_json(data.eval_annotations).get("images", [])}
+    names = {img.get("file_name") for img in read_json_object(data.eval_annotations).get("images", []) if isinstance(img, dict)}
     if data.pope_questions is not None:
         for split in SPLITS:
             names.update(q["image"] for q in load_questions(data.pope_questions.format(split=split)).questions)
@@ -192,20 +197,35 @@ def stop_reason(rounds: Sequence[dict], config: EvolveConfig) -> str | None:
 
 
 # --------------------------------------------------------------------------- history
-def read_history(out: Path, spec: ModelSpec, config: EvolveConfig) -> dict:
-    """``OUT/history.json``, or a fresh one; refuses a run made with other options."""
-    options = _options(spec, config)
+def read_history(out: Path, spec: ModelSpec, config: EvolveConfig, data: Datasets) -> dict:
+    """``OUT/history.json``, or a fresh one; refuses a run made with other options, another
+    model or adapter, or other data, naming the fields that differ."""
+    now = {"options": _options(spec, config), **run_fingerprint(spec, data)}
     path = out / HISTORY_FILE
     if not path.is_file():
-        return {"options": options, "rounds": [], "best_round": None, "stopped": None}
-    history = read_json(path)
-    recorded = {k: v for k, v in history.get("options", {}).items() if k not in RESUMABLE_OPTIONS}
-    now = {k: v for k, v in options.items() if k not in RESUMABLE_OPTIONS}
-    if recorded != now:
-        changed = sorted(k for k in now.keys() | recorded.keys() if now.get(k) != recorded.get(k))
-        raise SeedError(f"{out} holds a run with other options ({', '.join(changed)}); choose another --out")
-    history["options"] = options
-    return history
+        return {**now, "rounds": [], "best_round": None, "stopped": None}
+    history = read_json_object(path)
+    changed = [d for d in differences({k: history.get(k) for k in now}, now) if d not in RESUMABLE]
+    if changed:
+        kinds = {"options": "other options", "identity": "another model or adapter", "data": "other data"}
+        what = " and ".join(dict.fromkeys(kinds[c.split(".")[0]] for c in changed))
+        raise SeedError(f"{out} holds a run with {what} ({', '.join(changed)} differ{'s' * (len(changed) == 1)}); choose another --out")
+    return {**history, **now}
+
+
+def run_fingerprint(spec: ModelSpec, data: Datasets) -> dict:
+    """What a run's results depend on beyond its options: the model and starting adapter by
+    content, and the data (purification image names, evaluation annotations and questions)."""
+    questions = None if data.pope_questions is None else {s: md5_file(data.pope_questions.format(split=s)) for s in SPLITS}
+    return {
+        "identity": checkpoint_identity(resolve_model_name(spec.model), spec.adapter),
+        "data": {
+            "purify_images_md5": md5_strings(purification_images(data)),
+            "purify_annotations_md5": md5_file(data.purify_annotations) if data.purify_annotations else None,
+            "eval_annotations_md5": md5_file(data.eval_annotations),
+            "pope_questions_md5": questions,
+        },
+    }
 
 
 def _options(spec: ModelSpec, config: EvolveConfig) -> dict:
@@ -214,6 +234,13 @@ def _options(spec: ModelSpec, config: EvolveConfig) -> dict:
     for display_only in ("progress", "log_with", "logging_dir"):
         options["distill"].pop(display_only, None)
     return options
+
+
+def purification_fits(purified: Path, vlm, data: Datasets, config: PurifyConfig) -> bool:
+    """Whether ``purified`` holds a purification (finished or not) of this round: same fingerprint."""
+    if not (purified / "manifest.json").is_file():
+        return False
+    return not stale_fields(purified, fingerprint(vlm, image_files(data.purify_images), config))
 
 
 def _keep_best(out: Path, history: dict, config: EvolveConfig) -> None:
@@ -238,10 +265,10 @@ def evolve(model: str | ModelSpec | None = None, *, out: str | Path, config: Evo
     from accelerate import PartialState
 
     config = config or EvolveConfig()
+    out = check_output(out, folder=True)
     spec, data = resolve_datasets(model if isinstance(model, ModelSpec) else ModelSpec(model), config)
-    out = Path(out)
     state = PartialState()
-    history = read_history(out, spec, config)
+    history = read_history(out, spec, config, data)
     log_with = config.distill.log_with
     check_tracker(log_with)
     train = config.distill
@@ -287,11 +314,10 @@ def evolve(model: str | ModelSpec | None = None, *, out: str | Path, config: Evo
             break
         start = time.time()
         round_dir = out / f"round-{r}"
-        if state.is_main_process:
-            _fresh(round_dir)
-        state.wait_for_everyone()
-
         vlm = load_spec(dataclasses.replace(spec, adapter=adapter))
+        if state.is_main_process:
+            _fresh(round_dir, keep="purified" if purification_fits(round_dir / "purified", vlm, data, config.purify) else None)
+        state.wait_for_everyone()
         purified = purify(
             vlm, images=data.purify_images, annotations=data.purify_annotations, out=round_dir / "purified", adapter=adapter, config=config.purify
         )
@@ -333,21 +359,20 @@ def round_figures(entry: dict) -> dict:
     return figures
 
 
-def _fresh(folder: Path) -> None:
-    """An empty ``folder``: what a killed round left there is redone from scratch."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+def _fresh(folder: Path, keep: str | None = None) -> None:
+    """An empty ``folder`` but for ``keep``: what a killed round left there is redone."""
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if path.name == keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    make_dirs(folder)
 
 
 def _evaluate(vlm, data: Datasets, out_dir: Path, config: EvolveConfig) -> dict:
-    return evaluate(
-        vlm,
-        data,
-        out_dir,
-        batch_size=config.eval_batch_size,
-        pope_images=config.pope_images,
-        chair_images=config.chair_images,
-    )
+    return evaluate(vlm, data, out_dir, batch_size=config.eval_batch_size, pope_images=config.pope_images, chair_images=config.chair_images)
 
 
 def _print_outcome(console, out: Path, history: dict, config: EvolveConfig) -> None:

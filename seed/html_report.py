@@ -2,10 +2,9 @@
 
 It reads a ``seed evolve`` run (``history.json``, ``round-N/purified``), a ``seed purify``
 output (``manifest.json`` + ``purified.jsonl``) or an ablation (``ablation.json``) and shows the
-before/after table, per-round charts (matplotlib, inlined as SVG), how well identification
-separates absent objects from present ones when the purified images' annotations are known, and
-a gallery of purified captions: thumbnail, the original with flagged words marked, the repair,
-the per-object scores. Every text is escaped (captions are model output).
+before/after table, per-round charts (matplotlib, inlined as SVG), how well identification separates
+absent objects from present ones when the annotations are known, and a gallery of purified captions:
+thumbnail, the original with flagged words marked, the repair, the per-object scores. Text is escaped.
 
     write_report("runs/evolve", "runs/evolve/report.html")
 """
@@ -23,7 +22,8 @@ from PIL import Image
 
 from seed.config import ReportConfig
 from seed.errors import SeedError
-from seed.io import atomic_write_text, image_files, iter_jsonl, md5_strings, objects_by_file, read_json
+from seed.coco import objects_by_file
+from seed.io import atomic_write_text, image_files, iter_jsonl, md5_strings, read_json
 from seed.lexicon import ObjectLexicon
 from seed.report import METRIC_ROWS, METRICS_CAPTION, metric_cell, metric_values
 

@@ -1,5 +1,5 @@
-"""Purge (method.md §4) over plain tensors: p̃ ∝ p · 1[y ∉ H_t], the repair rule, VCD's
-contrastive recombination, and purified decoding as a logits processor.
+"""Purge (method.md §4) over plain tensors: p̃ ∝ p · 1[y ∉ H_t], the repair rule and the check
+of a repaired text, VCD's contrastive recombination, and purified decoding as a logits processor.
 
 Shapes use ``...`` for any leading batch dims: ``[B, T]`` for a stored response, ``[B]``
 for one decoding step. ``K`` is the stored top-K width, ``V`` the vocabulary.
@@ -9,6 +9,7 @@ All outputs are fp32 (scores, probabilities) or bool/long (flags, ids).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Sequence
 
 import torch
@@ -100,6 +101,33 @@ def repair_tokens(emitted_ids: Tensor, topk_ids: Tensor, purified_probs: Tensor,
     """
     best = topk_ids.gather(-1, purified_probs.argmax(-1, keepdim=True)).squeeze(-1)
     return torch.where(sites, best, emitted_ids)
+
+
+ARTICLES = frozenset({"a", "an", "the"})
+# Words that can neither end a sentence nor follow an article, and the answers a caption cannot hold.
+FUNCTION_WORDS = ARTICLES | frozenset("and or but nor of in on at to with by for from near under over behind beside".split())
+ANSWERS = frozenset({"yes", "no"})
+
+
+def repair_problem(text: str, answer: bool = False) -> str | None:
+    """Why a repaired response is malformed, or None: an empty text; an answer that is not yes or
+    no; a caption that does not end a sentence, ends on a function word, or leaves an article
+    dangling ("… and a.", "… a Yes", "a in the image"): banning words can leave such wrecks, and
+    the student must not learn them."""
+    tokens = re.findall(r"\w+|[^\w\s]", text.lower())
+    words = [t for t in tokens if t[0].isalnum()]
+    if not words:
+        return "empty"
+    if answer:
+        return None if words[0] in ANSWERS else f"the answer {text.strip()!r} is neither yes nor no"
+    for article, following in zip(tokens, tokens[1:]):
+        if article in ARTICLES and (following in FUNCTION_WORDS or following in ANSWERS or not following[0].isalnum()):
+            return f"an article is left dangling ({article} {following})"
+    if words[-1] in FUNCTION_WORDS:
+        return f"it ends on {words[-1]!r}"
+    if tokens[-1] not in (".", "!", "?"):
+        return "it does not end a sentence"
+    return None
 
 
 class PurgeProcessor:

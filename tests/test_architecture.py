@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "seed"
 # Lower floors never import higher ones; a module may import its own floor.
 FLOORS = {
-    "seed.errors": 0, "seed.prompts": 0, "seed.config": 0, "seed.io": 0, "seed.vocabulary": 0, "seed.lexicon": 0, "seed.tracking": 0,
+    "seed.errors": 0, "seed.prompts": 0, "seed.config": 0, "seed.io": 0, "seed.coco": 0, "seed.vocabulary": 0, "seed.lexicon": 0,
+    "seed.tracking": 0,
     "seed.adapters": 1,
     "seed.purge": 2, "seed.isolate": 2, "seed.targets": 2, "seed.losses": 2,
     "seed.identify": 3,

@@ -21,7 +21,7 @@ CAPTIONS = [
     # traffic lights, car, bus (hallucinated, twice) — recalls both
     {"image_id": 3, "caption": "Traffic lights above a car, a bus and another bus."},
     # no object words, no ground truth
-    {"image": "COCO_val2014_000000000004.jpg", "caption": "An empty street."},
+    {"image": "val2014/000000000004.jpg", "caption": "An empty street."},
     # a second caption of image 1: recalls only person
     {"image_id": "1", "caption": "A man."},
 ]
@@ -80,7 +80,7 @@ def test_hand_computed_metrics(files):
     for entry in result["captions"]:
         for x in entry["mentions"]:
             assert entry["caption"][x["start"] : x["end"]] == x["surface"]
-    assert result["captions"][3]["image_id"] == 4  # matched through the COCO_val2014 name's id
+    assert result["captions"][3]["image_id"] == 4  # matched by the base name of its file
     assert result["benchmark"] == "chair"
     assert result["manifest"]["annotations"]["md5"] and result["manifest"]["model"] is None
 
@@ -129,6 +129,21 @@ def test_unknown_images_are_refused_with_a_count(files):
         score_captions(records, truth)
 
 
+def test_captions_join_by_exact_file_name_only(files):
+    """Digits in a file name never pick an image: foreign names are refused, not scored as others."""
+    truth = load_ground_truth(files[0])
+    for name in ("purify_000001.png", "holiday_photo_1.jpg", "COCO_val2014_000000000002.jpg", "000000000002.png"):
+        with pytest.raises(SeedError, match=rf"1 of 2 captions name images that are not in the annotations \(e.g. {name}\)"):
+            score_captions([{"image": "000000000001.jpg", "caption": "a dog"}, {"image": name, "caption": "a cat"}], truth)
+    with pytest.raises(SeedError, match="names image 000000000002.jpg \\(image_id 2\\) but gives image_id 1"):
+        score_captions([{"image_id": 1, "image": "000000000002.jpg", "caption": "a dog"}], truth)
+    data = coco_instances()
+    data["images"][0]["file_name"], data["images"][1]["file_name"] = "a/000000000001.jpg", "b/000000000001.jpg"
+    with pytest.raises(SeedError, match="not in the annotations"):  # a base name two images share joins neither
+        score_captions([{"image": "000000000001.jpg", "caption": "a dog"}], load_ground_truth(data))
+    assert score_captions([{"image": "b/000000000001.jpg", "caption": "a dog"}], load_ground_truth(data))["captions"][0]["image_id"] == 2
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -160,7 +175,7 @@ def test_bad_annotation_files(tmp_path, files):
         evaluate_chair(captions, bad)
     data = coco_instances()
     data["annotations"][0]["category_id"] = 555
-    with pytest.raises(SeedError, match=r"category ids without a named category: 555"):
+    with pytest.raises(SeedError, match=r"1 annotation\(s\) name an unknown category_id \(e.g. annotation 1: category_id 555\)"):
         load_ground_truth(data)
     bad.write_text('{"annotations": {}}')
     with pytest.raises(SeedError, match=r"not a COCO captions file"):

@@ -27,8 +27,10 @@ class Fakes:
         self.evaluated: list[int] = []
         self.run_names: list[str] = []
 
-    def install(self, monkeypatch, data: evolve.Datasets) -> None:
+    def install(self, monkeypatch, data: evolve.Datasets, identity: str = "model-a") -> None:
         monkeypatch.setattr(evolve, "resolve_datasets", lambda spec, config: (spec, data))
+        monkeypatch.setattr(evolve, "run_fingerprint", lambda spec, data: {"identity": {"model": {"weights_md5": identity}}, "data": {}})
+        monkeypatch.setattr(evolve, "purification_fits", lambda *args: False)
         monkeypatch.setattr(evolve, "load_spec", lambda spec: self.loaded_adapters.append(spec.adapter) or object())
         monkeypatch.setattr(evolve, "purify", self.purify)
         monkeypatch.setattr(evolve, "load_shards", lambda out: ([{"item": 0, "response": "a", "repaired": "b"}], {}))
@@ -42,7 +44,7 @@ class Fakes:
 
     def purify(self, vlm, *, images, annotations, out, adapter, config):
         self.purified.append(self.round_of(out))
-        Path(out).mkdir(parents=True)
+        Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "purified.jsonl").write_text("{}\n")
         return Path(out)
 
@@ -142,9 +144,14 @@ def test_a_run_with_other_options_is_refused_but_rounds_may_grow(monkeypatch, da
     fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.86, 0.5)})
     fakes.install(monkeypatch, data)
     evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=1))
-    with pytest.raises(SeedError, match="other options \\(distill\\)"):
+    with pytest.raises(SeedError, match=r"holds a run with other options \(options\.distill\.loss differs\); choose another --out"):
         evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=1, distill=DistillConfig(loss="sft")))
-    history = evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=2))
+    other_model = Fakes(fakes.scores)
+    other_model.install(monkeypatch, data, identity="model-b")
+    with pytest.raises(SeedError, match=r"with another model or adapter \(identity\.model\.weights_md5 differs\)"):
+        evolve.evolve(out=out, config=evolve.EvolveConfig(rounds=2))
+    fakes.install(monkeypatch, data)
+    history = evolve.evolve(ModelSpec(device="cpu"), out=out, config=evolve.EvolveConfig(rounds=2))  # --device changes no result
     assert fakes.purified == [1, 2] and history["best_round"] == 2
 
 
@@ -230,3 +237,60 @@ def test_log_with_tensorboard_logs_every_round(monkeypatch, data, tmp_path, tens
     scalars = tensorboard_scalars(tmp_path / "run" / "logs" / "evolve")
     assert scalars["eval/pope/adversarial/f1"] == [(0, pytest.approx(0.80)), (1, pytest.approx(0.84)), (2, pytest.approx(0.86))]
     assert [step for step, _ in scalars["distill/final_loss"]] == [1, 2] and "eval/chair/chair_i" in scalars
+
+
+def test_a_resumed_round_keeps_its_finished_purification(tiny_llava_dir, monkeypatch, tmp_path):
+    """Killed in purification, a round redoes only the missing shards; killed in distillation, it
+    resumes from its purification (verified, not redone)."""
+    import seed.purify
+    from PIL import Image
+
+    from seed.config import IdentifyConfig, PurifyConfig
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 90, 200 - 40 * i)).save(images / f"im{i}.png")
+    (tmp_path / "heldout.json").write_text("{}")
+    data = evolve.Datasets(images, None, tmp_path / "heldout", tmp_path / "heldout.json", None)
+    fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5)})
+    monkeypatch.setattr(evolve, "resolve_datasets", lambda spec, config: (ModelSpec(str(tiny_llava_dir), device="cpu"), data))
+    monkeypatch.setattr(evolve, "evaluate", fakes.evaluate)
+    monkeypatch.setattr(evolve, "save_hea", fakes.save_hea)
+    real, calls, die = seed.purify.purify_images, [], {"purify_call": 2, "distill": True}
+
+    def purify_images(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == die["purify_call"]:
+            raise Killed()
+        return real(*args, **kwargs)
+
+    def distill(*args, **kwargs):
+        if die["distill"]:
+            raise Killed()
+        return {"config": {}, "losses": [1.0], "first_loss": 1.0, "final_loss": 1.0, "steps": 1}
+
+    monkeypatch.setattr(seed.purify, "purify_images", purify_images)
+    monkeypatch.setattr(evolve, "distill", distill)
+    purify_config = PurifyConfig(IdentifyConfig(questions_per_image=2, categories=("dog", "cup")), shard_size=2, max_new_tokens=4)
+    config, out = evolve.EvolveConfig(rounds=1, purify=purify_config), tmp_path / "run"
+    purified = out / "round-1" / "purified"
+    with pytest.raises(Killed):  # dies purifying the second shard
+        evolve.evolve(out=out, config=config)
+    assert [p.name for p in purified.glob("*.check.json")] == ["shard-00000.check.json"]
+    first_shard = (purified / "shard-00000.safetensors").read_bytes()
+
+    calls.clear()
+    die["purify_call"] = None
+    with pytest.raises(Killed):  # dies in distillation, after purifying the missing shard only
+        evolve.evolve(out=out, config=config)
+    assert len(calls) == 1 and (purified / "shard-00000.safetensors").read_bytes() == first_shard
+    finished = {p.name: p.read_bytes() for p in purified.iterdir()}
+    (out / "round-1" / "pope-random.json").write_text("{}")  # what a killed evaluation would leave
+
+    calls.clear()
+    die["distill"] = False
+    history = evolve.evolve(out=out, config=config)
+    assert calls == [] and [e["round"] for e in history["rounds"]] == [0, 1]
+    assert {p.name: p.read_bytes() for p in purified.iterdir()} == finished
+    assert not (out / "round-1" / "pope-random.json").exists()

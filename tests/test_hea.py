@@ -135,6 +135,21 @@ def test_adapter_for_another_base_is_refused(adapter_dir, tiny_llava_dir, tmp_pa
     assert str(tiny_llava_dir.resolve()) in str(e.value) and str(other.resolve()) in str(e.value)
 
 
+def test_the_base_check_reads_seeds_metadata_when_peft_names_no_base(adapter_dir, tiny_llava_dir, tmp_path):
+    from conftest import build_tiny_llava
+
+    adapter = Path(shutil.copytree(adapter_dir, tmp_path / "hea"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    other = build_tiny_llava(tmp_path / "other", seed=1)
+    with pytest.raises(SeedError, match=f"trained on base {tiny_llava_dir.resolve()}, not on {other.resolve()}"):
+        load(str(other), adapter=str(adapter), device="cpu")
+    assert load(str(tiny_llava_dir), adapter=str(adapter), device="cpu").model.peft_config
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(other.resolve())}))
+    with pytest.raises(SeedError, match="adapter_config.json names base .*other, but seed_metadata.json names .*tiny-llava"):
+        load(str(other), adapter=str(adapter), device="cpu")
+
+
 def test_a_moved_copy_of_the_base_is_accepted(adapter_dir, tiny_llava_dir, tmp_path):
     moved = Path(shutil.copytree(tiny_llava_dir, tmp_path / "moved"))
     assert load(str(moved), adapter=str(adapter_dir), device="cpu").model.peft_config

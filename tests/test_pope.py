@@ -131,6 +131,33 @@ def test_answers_of_another_split_are_recognised_by_their_prompts():
         pope.score(pope.load_questions("random").questions, label_answers(popular))
 
 
+def test_answers_naming_their_split_are_scored_against_that_split_only(tmp_path, monkeypatch, capsys):
+    """Answers with only id + text fit any split of the same ids: the split they name must be the one scored."""
+    random_qs = pope.load_questions("random").questions
+    bare = [{"question_id": a["question_id"], "text": a["text"]} for a in label_answers(random_qs)]
+    assert pope.score(pope.load_questions("popular").questions, bare)["n"] == 3000  # nothing tells them apart
+    for key in ("split", "category"):  # seed's own answers files; LLaVA's question files with answers added
+        named = [{**a, key: "random"} for a in bare]
+        assert pope.score(random_qs, named, split="random")["f1"] == 1.0
+        with pytest.raises(SeedError, match="made for the random split, not for popular"):
+            pope.score(pope.load_questions("popular").questions, named, split="popular")
+    answers = write_lines(tmp_path / "random.jsonl", [{**a, "split": "random"} for a in bare])
+    assert run_cli(monkeypatch, "eval", "pope-adversarial", "--answers", answers) == 2
+    assert "made for the random split, not for adversarial" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "eval", "pope-random", "--answers", answers) == 0
+
+
+def test_several_splits_read_the_given_question_files(tmp_path, monkeypatch, capsys):
+    for split in ("random", "popular"):
+        questions = [{"question_id": i, "image": f"{split}{i}.jpg", "text": "Is there a dog in the image?", "label": "yes"} for i in (1, 2)]
+        write_lines(tmp_path / f"q-{split}.jsonl", questions)
+        write_lines(tmp_path / f"a-{split}.jsonl", [{"question_id": q["question_id"], "text": "Yes"} for q in questions])
+    out = tmp_path / "pope.json"
+    args = ["--splits", "random,popular", "--questions", tmp_path / "q-{split}.jsonl", "--answers", tmp_path / "a-{split}.jsonl"]
+    assert run_cli(monkeypatch, "eval", "pope", *args, "--output", out) == 0
+    assert json.loads(out.read_text())["metrics"]["n"] == 4
+
+
 def test_malformed_json_names_the_line(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text('{"question_id": 1, "text": "yes"}\n\n{"question_id": 2, "text": "no"\n')

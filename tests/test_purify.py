@@ -14,7 +14,7 @@ from seed.lexicon import ObjectLexicon
 from seed.config import IdentifyConfig, PurifyConfig
 from seed.isolate import SurfaceBans
 from seed.purify import purify
-from seed.targets import load_shards
+from seed.targets import load_shards, shard_records
 
 
 def test_shared_evidence_flags_the_object_whose_evidence_is_anothers():
@@ -102,13 +102,15 @@ def test_kill_then_resume_gives_the_same_shards(tiny_llava_dir, tmp_path, monkey
     records_a, tensors_a = load_shards(full)
     records_b, tensors_b = load_shards(resumed)
     manifest = json.loads((resumed / "manifest.json").read_text())
-    captions = sum("category" not in r for r in records_a)
-    assert records_a == records_b and captions + len(manifest["cut_captions"]) == 5  # one caption per readable image
+    dropped = [n["dropped"] for s in range(3) for n in shard_records(resumed, s)[1] if "dropped" in n]
+    assert records_a == records_b and len(records_a) == len(tensors_a["item"]) and manifest["dropped_repairs"] == len(dropped)
+    captions = sum("category" not in r for r in records_a + dropped)
+    assert captions + len(manifest["cut_captions"]) == 5  # one caption per readable image: stored, dropped or cut
     assert manifest["cut_captions"]  # 6 tokens cut this model's captions: none is taught as finished
     assert tensors_a.keys() == tensors_b.keys()
     for key in tensors_a:
         assert torch.equal(tensors_a[key], tensors_b[key]), key
-    assert "broken.png" in json.dumps(manifest["skipped"])  # a corrupt image is skipped and counted
+    assert [k["image"] for k in manifest["skipped"]] == ["broken.png"]  # a corrupt image is skipped and counted
     probs = tensors_a["topk_probs"][tensors_a["mask"]]
     assert torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=1e-5)
     assert not (tensors_a["topk_probs"] * tensors_a["flags"]).any()  # purged candidates carry no mass

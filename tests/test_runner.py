@@ -229,7 +229,7 @@ def test_cli_runs_a_model_and_writes_output_and_answers(tiny, tmp_path, monkeypa
     assert manifest["questions_md5"] == pope.load_questions(tiny["qfile"]).md5 and "transformers" in manifest["versions"]
     answers = [json.loads(line) for line in (tmp_path / "res.answers.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [q["question_id"] for q in tiny["questions"]]
-    assert set(answers[0]) == {"question_id", "prompt", "text"}
+    assert set(answers[0]) == {"question_id", "prompt", "text", "split"} and answers[0]["split"] == "random"
     assert answers[0]["prompt"].endswith("\nAnswer the question using a single word or phrase.")
     assert pope.score(tiny["questions"], answers) == {k: result["metrics"][k] for k in pope.METRIC_KEYS}
 
@@ -287,7 +287,7 @@ def test_sampling_protocol_reports_std_over_seeds(tiny, tmp_path):
     assert first != (tmp_path / "s.seed2.answers.jsonl").read_text()
     assert "Please answer this question with one word." in first
     again, _ = pope.answer_pope(tiny["vlm"], tiny["questions"], tiny["images"], protocol="sampling", seed=1, max_new_tokens=4)
-    assert [json.loads(line) for line in first.splitlines()] == again  # a seed reproduces its answers
+    assert [json.loads(line) for line in first.splitlines()] == [{**a, "split": "random"} for a in again]  # a seed reproduces its answers
 
 
 def test_cli_refuses_bad_combinations(tiny, monkeypatch, capsys):

@@ -14,11 +14,11 @@ import dataclasses
 from pathlib import Path
 
 from seed.adapters.base import VisionLanguageModel, diffusion_noise
-from seed.adapters.hea import load_hea
-from seed.adapters.hub import ALIASES, family_class, first_line, read_config, resolve_model_name
+from seed.adapters.hea import check_adapter, load_hea, recorded_base
+from seed.adapters.hub import ALIASES, family_class, read_config, resolve_model_name
 from seed.config import ModelSpec
 from seed.errors import SeedError
-from seed.io import read_json, resolve_device, write_dir_atomically
+from seed.io import check_output, reading, resolve_device, safetensors_files, write_dir_atomically
 
 __all__ = ["ALIASES", "ModelSpec", "VisionLanguageModel", "diffusion_noise", "export", "load", "load_spec", "merge_and_export", "resolve_model_name"]
 
@@ -41,16 +41,19 @@ def load(
     ``load_in_4bit``/``load_in_8bit`` quantise the language model with bitsandbytes (NF4 with
     double quantisation for 4-bit); the vision tower, projector and LM head stay unquantised.
     ``adapter`` is a PEFT adapter folder (e.g. a saved HEA) trained on this same base.
+    Weights load from safetensors only; a damaged weights file is refused before loading.
     """
     name = resolve_model_name(model)
     cls = family_class(read_config(name), name, trust_remote_code)
     device = resolve_device(device)
     torch_dtype = _torch_dtype(dtype, device)
     quantization = _quantization_config(load_in_4bit, load_in_8bit, cls.unquantized_modules, device)
-    try:
+    if Path(name).is_dir():
+        safetensors_files(name, f"model {name}")
+    if adapter is not None:
+        check_adapter(adapter, name)  # before the base loads; load_hea checks it again
+    with reading(f"model {name}"):
         vlm = cls.from_pretrained(name, device=device, dtype=torch_dtype, quantization_config=quantization)
-    except OSError as e:
-        raise SeedError(f"model {name}: cannot load it ({first_line(e)})") from None
     if load_in_4bit and device == "cpu":
         _check_cpu_4bit(vlm.model, name)
     if adapter is not None:
@@ -103,12 +106,13 @@ def export(
 ) -> Path:
     """Bake a saved HEA into the base model it names (adapter_config.json) and save the merged
     model with its processor to ``out``: a plain transformers checkpoint, no adapter overhead."""
+    check_output(out, folder=True)
     config = Path(adapter) / "adapter_config.json"
     if not config.is_file():
         raise SeedError(f"{adapter}: no adapter_config.json there (not a PEFT adapter folder)")
-    base = read_json(config).get("base_model_name_or_path")
+    base = recorded_base(adapter)
     if not base:
-        raise SeedError(f"{config} does not name its base model (base_model_name_or_path)")
+        raise SeedError(f"{config} does not name its base model (base_model_name_or_path), nor does {adapter}/seed_metadata.json")
     vlm = load(base, adapter=str(adapter), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     return merge_and_export(vlm, out)
 

@@ -17,9 +17,10 @@ from seed.adapters.base import VisionLanguageModel
 from seed.adapters.hub import canonical_name, read_config
 from seed.config import HEAConfig
 from seed.errors import SeedError
-from seed.io import library_versions, read_json, write_dir_atomically, write_json
+from seed.io import library_versions, md5_file, read_json_object, safetensors_files, write_dir_atomically, write_json
 
 METADATA_FILE = "seed_metadata.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
 # Bases whose weight files total at most this are fingerprinted by their bytes (the embedded
 # world's model is ~2 MB); larger ones by their config only, and by name.
 WEIGHTS_FINGERPRINT_LIMIT = 256 * 2**20
@@ -93,11 +94,9 @@ def load_hea(vlm: VisionLanguageModel, adapter_dir: str | Path) -> VisionLanguag
     from peft import PeftModel
 
     adapter = Path(adapter_dir).expanduser()
-    if not (adapter / "adapter_config.json").is_file():
-        raise SeedError(f"adapter {adapter}: no adapter_config.json there (not a PEFT adapter folder)")
     if isinstance(vlm.model, PeftModel):
         raise SeedError("this model already carries an adapter; load the base model to put another on it")
-    check_adapter_base(adapter, vlm.name_or_path)
+    check_adapter(adapter, vlm.name_or_path)
     try:
         vlm.model = PeftModel.from_pretrained(vlm.model, str(adapter))
     except (ValueError, KeyError, RuntimeError) as e:
@@ -108,8 +107,7 @@ def load_hea(vlm: VisionLanguageModel, adapter_dir: str | Path) -> VisionLanguag
 
 def base_fingerprint(name_or_path: str) -> dict[str, str | None]:
     """md5 of the base's config.json (volatile keys dropped) and, for small local bases, of its weights."""
-    config = _strip_volatile(read_config(name_or_path))
-    config_md5 = hashlib.md5(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    config_md5 = _md5_json(_strip_volatile(read_config(name_or_path)))
     weights_md5 = None
     path = Path(name_or_path)
     if path.is_dir():
@@ -122,18 +120,40 @@ def base_fingerprint(name_or_path: str) -> dict[str, str | None]:
     return {"base_config_md5": config_md5, "base_weights_md5": weights_md5}
 
 
+def check_adapter(adapter_dir: str | Path, base: str) -> None:
+    """Refuse, before anything loads, a folder that is not a PEFT adapter with safetensors weights
+    that open, or whose recorded base is not ``base`` (:func:`check_adapter_base`)."""
+    adapter = Path(adapter_dir).expanduser()
+    if not (adapter / "adapter_config.json").is_file():
+        raise SeedError(f"adapter {adapter}: no adapter_config.json there (not a PEFT adapter folder)")
+    if adapter / WEIGHTS_FILE not in safetensors_files(adapter, f"adapter {adapter}"):
+        raise SeedError(f"adapter {adapter}: no {WEIGHTS_FILE} there (seed loads adapter weights from safetensors only)")
+    check_adapter_base(adapter, base)
+
+
+def recorded_base(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter names: adapter_config.json's ``base_model_name_or_path``, else
+    the ``base_model`` of seed's metadata; refused when the two name different models."""
+    adapter = Path(adapter_dir)
+    named = read_json_object(adapter / "adapter_config.json").get("base_model_name_or_path")
+    ours = _metadata(adapter).get("base_model")
+    if named and ours and canonical_name(named) != canonical_name(ours):
+        raise SeedError(f"adapter {adapter}: adapter_config.json names base {named}, but {METADATA_FILE} names {ours}")
+    return named or ours
+
+
 def check_adapter_base(adapter_dir: str | Path, base: str) -> None:
-    """Refuse an adapter whose recorded base is not ``base``.
+    """Refuse an adapter whose recorded base (:func:`recorded_base`) is not ``base``.
 
     Same base = same hub id or same local folder (and, when seed recorded fingerprints, the same
     config and weights there), or a different folder holding byte-identical small weights (a
     moved copy of the embedded world).
     """
     adapter = Path(adapter_dir)
-    recorded = read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
+    recorded = recorded_base(adapter)
     if not recorded:
         return  # nothing recorded, nothing to compare
-    meta = read_json(adapter / METADATA_FILE) if (adapter / METADATA_FILE).is_file() else {}
+    meta = _metadata(adapter)
     fingerprinted = bool(meta.get("base_config_md5"))
     current = base_fingerprint(base) if fingerprinted else {}
     if canonical_name(recorded) == canonical_name(base):
@@ -151,6 +171,43 @@ def check_adapter_base(adapter_dir: str | Path, base: str) -> None:
     if meta.get("base_weights_md5") and meta["base_weights_md5"] == current.get("base_weights_md5"):
         return
     raise SeedError(f"adapter {adapter} was trained on base {recorded}, not on {base}; load it with --model {recorded}")
+
+
+def checkpoint_identity(base: str, adapter: str | Path | None = None) -> dict:
+    """What a model's outputs depend on, by content rather than by path (for run fingerprints): the
+    base's config md5 and, for small local bases, weights md5 (its name where the weights are not
+    hashed), and the adapter's config and weights md5 (None without an adapter)."""
+    fingerprint = base_fingerprint(base)
+    model = {"config_md5": fingerprint["base_config_md5"], "weights_md5": fingerprint["base_weights_md5"]}
+    if model["weights_md5"] is None:
+        model = {"name": canonical_name(base), **model}
+    if adapter is None:
+        return {"model": model, "adapter": None}
+    folder = Path(adapter)
+    config = {k: v for k, v in read_json_object(folder / "adapter_config.json").items() if k != "base_model_name_or_path"}
+    weights = md5_file(folder / WEIGHTS_FILE) if (folder / WEIGHTS_FILE).is_file() else None
+    return {"model": model, "adapter": {"config_md5": _md5_json(config), "weights_md5": weights}}
+
+
+def model_identity(vlm: VisionLanguageModel) -> dict:
+    """:func:`checkpoint_identity` of a loaded model, with the dtype and quantisation it runs in."""
+    from peft import PeftModel
+
+    if isinstance(vlm.model, PeftModel) and vlm.adapter is None:
+        raise SeedError("this model carries an adapter that is not saved; save it (save_hea) so that what it produces can name it")
+    identity = checkpoint_identity(vlm.name_or_path, vlm.adapter)
+    base = vlm.model.get_base_model() if isinstance(vlm.model, PeftModel) else vlm.model
+    bits = next((b for b in ("4bit", "8bit") if getattr(base, f"is_loaded_in_{b}", False)), None)
+    identity["model"].update(dtype=str(vlm.dtype).removeprefix("torch."), quantization=bits)
+    return identity
+
+
+def _metadata(adapter: Path) -> dict:
+    return read_json_object(adapter / METADATA_FILE) if (adapter / METADATA_FILE).is_file() else {}
+
+
+def _md5_json(value) -> str:
+    return hashlib.md5(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _strip_volatile(config):

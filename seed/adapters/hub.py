@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seed.errors import SeedError
+from seed.io import reading
 
 ALIASES: dict[str, str] = {
     "llava-1.5": "llava-hf/llava-1.5-7b-hf",
@@ -34,21 +35,14 @@ def canonical_name(name: str) -> str:
     return str(path.resolve()) if path.exists() else name.lower()
 
 
-def first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def read_config(name: str) -> dict:
     """The raw config.json (no model class instantiated, no remote code run)."""
     from transformers import PretrainedConfig
 
     if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
         raise SeedError(f"model {name}: no config.json in that directory")
-    try:
+    with reading(f"model {name}: config.json"):
         config, _ = PretrainedConfig.get_config_dict(name)
-    except (OSError, ValueError) as e:
-        raise SeedError(f"model {name}: cannot read its config.json ({first_line(e)})") from None
     return config
 
 

@@ -79,10 +79,10 @@ class InternVLVLM(VisionLanguageModel):
         from transformers import AutoImageProcessor, AutoTokenizer, InternVLForConditionalGeneration
 
         if quantization_config is None:
-            model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
+            model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device)
         else:
             model = InternVLForConditionalGeneration.from_pretrained(
-                path, dtype=dtype, quantization_config=quantization_config, device_map={"": device}
+                path, dtype=dtype, quantization_config=quantization_config, device_map={"": device}, use_safetensors=True
             )
         processor_config = {}
         if (file := _optional_file(path, "processor_config.json")) is not None:
@@ -169,7 +169,7 @@ class InternVL2RemoteVLM(VisionLanguageModel):
     def from_pretrained(cls, path: str, *, device: str, dtype: torch.dtype, quantization_config=None) -> InternVL2RemoteVLM:
         from transformers import AutoModel, AutoTokenizer
 
-        kwargs = {"dtype": dtype, "trust_remote_code": True, "low_cpu_mem_usage": True}
+        kwargs = {"dtype": dtype, "trust_remote_code": True, "low_cpu_mem_usage": True, "use_safetensors": True}
         if quantization_config is not None:
             kwargs.update(quantization_config=quantization_config, device_map={"": device})
         model = AutoModel.from_pretrained(path, **kwargs)

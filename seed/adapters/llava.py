@@ -23,9 +23,9 @@ class LlavaVLM(VisionLanguageModel):
         processor = AutoProcessor.from_pretrained(path)
         check_processor(processor, path)
         if quantization_config is None:
-            model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
+            model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device)
         else:
             model = LlavaForConditionalGeneration.from_pretrained(
-                path, dtype=dtype, quantization_config=quantization_config, device_map={"": device}
+                path, dtype=dtype, quantization_config=quantization_config, device_map={"": device}, use_safetensors=True
             )
         return cls(model, processor, processor.tokenizer, name_or_path=path, device=device, dtype=dtype)

@@ -23,8 +23,8 @@ Metrics (fractions in [0, 1]):
 from __future__ import annotations
 
 import random
-import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,8 @@ from seed.config import ChairConfig, ModelSpec
 from seed.decoding import Decoding, manifest as decoding_manifest
 from seed.errors import SeedError
 from seed.evaluation.runner import describe_images
-from seed.io import LazyImages, check_images, library_versions, load_coco, md5_file, read_json, read_records, write_json, write_jsonl
+from seed.coco import load_coco
+from seed.io import LazyImages, check_images, check_output, library_versions, md5_file, read_json, read_records, write_json, write_jsonl
 from seed.lexicon import ObjectLexicon
 from seed.prompts import CAPTION_PROMPT
 
@@ -48,28 +49,23 @@ class GroundTruth:
     """The objects of every annotated image, by COCO image id, as lexicon categories."""
 
     objects: dict[int, frozenset[str]]
-    file_names: dict[str, int]  # COCO file_name (and its base name) → image id
+    file_names: dict[str, int]  # COCO file_name, and its base name when no other image shares it → image id
     lexicon: ObjectLexicon
     sources: dict[str, Any] = field(default_factory=dict)  # file paths and md5s, for manifests
 
     def image_id(self, record: Mapping[str, Any]) -> int | None:
-        """The image a caption record names (``image_id``, else ``image``), if annotated.
-
-        ``image`` is matched against the annotations' ``file_name`` (or its base name); a
-        name like ``COCO_val2014_000000310196.jpg`` also matches image id 310196.
-        """
-        if "image_id" in record:
-            return record["image_id"] if record["image_id"] in self.objects else None
-        name = str(record["image"])
-        if name in self.file_names:
-            return self.file_names[name]
-        base = name.replace("\\", "/").rsplit("/", 1)[-1]
-        if base in self.file_names:
-            return self.file_names[base]
-        digits = re.search(r"(\d+)\.\w+$", base)
-        if digits and int(digits.group(1)) in self.objects:
-            return int(digits.group(1))
-        return None
+        """The annotated image a caption record names, joined exactly: its ``image_id``, else its
+        ``image`` as an annotation ``file_name`` (or as the base name of exactly one). A record
+        giving both must name one image."""
+        by_name = None
+        if "image" in record:
+            name = str(record["image"])
+            by_name = self.file_names.get(name, self.file_names.get(name.replace("\\", "/").rsplit("/", 1)[-1]))
+        if "image_id" not in record:
+            return by_name
+        if by_name is not None and by_name != record["image_id"]:
+            raise SeedError(f"a caption names image {record['image']} (image_id {by_name}) but gives image_id {record['image_id']}")
+        return record["image_id"] if record["image_id"] in self.objects else None
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -81,26 +77,22 @@ def load_ground_truth(
     """Objects per image from a COCO instances file (path or loaded dict), plus the
     objects the lexicon finds in a COCO captions file's reference captions."""
     lexicon = lexicon or ObjectLexicon.default()
-    coco, where = load_coco(annotations)
-    names = {cat_id: str(cat.get("name", "")).strip() for cat_id, cat in coco.cats.items()}
+    coco, _ = load_coco(annotations)
+    names = {cat_id: cat["name"].strip() for cat_id, cat in coco.cats.items()}
     unknown = [n for n in dict.fromkeys(names.values()) if n and lexicon.category_of(n) is None]
     if unknown:
         lexicon = lexicon.extended(unknown)
     category = {cat_id: lexicon.category_of(n) for cat_id, n in names.items()}
 
     objects: dict[int, set[str]] = {image_id: set() for image_id in coco.imgs}
-    file_names: dict[str, int] = {}
-    for image_id, image in coco.imgs.items():
-        file_name = image.get("file_name")
-        if isinstance(file_name, str) and file_name:
-            file_names.setdefault(file_name, image_id)
-            file_names.setdefault(file_name.rsplit("/", 1)[-1], image_id)
-    bad = sorted({a.get("category_id") for a in coco.anns.values() if category.get(a.get("category_id")) is None}, key=str)
-    if bad:
-        raise SeedError(f"{where}: annotations use category ids without a named category: {', '.join(map(str, bad[:5]))}")
     for ann in coco.anns.values():
-        if ann.get("image_id") in objects:
-            objects[ann["image_id"]].add(category[ann["category_id"]])
+        objects[ann["image_id"]].add(category[ann["category_id"]])
+    file_names = {image["file_name"]: image_id for image_id, image in coco.imgs.items()}
+    bases = Counter(name.rsplit("/", 1)[-1] for name in file_names)
+    for name, image_id in list(file_names.items()):
+        base = name.rsplit("/", 1)[-1]
+        if bases[base] == 1:
+            file_names.setdefault(base, image_id)
 
     sources: dict[str, Any] = {"annotations": _source(annotations)}
     if ref_captions is not None:
@@ -284,6 +276,8 @@ def evaluate_chair_model(
     """
     if config.images is None or config.annotations is None:
         raise SeedError("captioning with a model needs --images DIR and --annotations instances.json")
+    if output is not None:
+        check_output(output)
     coco, _ = load_coco(config.annotations)
     ids = sorted(coco.imgs)
     if len(ids) > config.num_images:

@@ -29,7 +29,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from seed.errors import SeedError
 from seed.evaluation.pope import SPLITS as POPE_SPLITS
 from seed.evaluation.pope import build_pope, write_questions
-from seed.io import library_versions, load_coco, write_json
+from seed.coco import load_coco
+from seed.io import library_versions, write_json
 from seed.prompts import CAPTION_PROMPT, ONE_WORD_SUFFIX, SHORT_ANSWER_SUFFIX
 from seed.world.scenes import BiasConfig, Scene, draw_scene, image_targets, patch_targets, reference_caption, training_caption, training_questions, world_vocabulary
 from seed.world.model import TinyLlavaConfig, build_model, build_processor

@@ -19,7 +19,8 @@ from typing import Any
 
 from seed.config import POPE_SPLITS
 from seed.errors import SeedError
-from seed.io import load_coco, md5_file, read_records, write_jsonl
+from seed.coco import load_coco
+from seed.io import md5_file, read_records, write_jsonl
 from seed.prompts import object_question
 
 SPLITS = POPE_SPLITS

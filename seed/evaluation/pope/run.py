@@ -19,7 +19,7 @@ from seed.evaluation.pope.questions import build_pope, load_questions
 from seed.evaluation.pope.scoring import METRIC_KEYS, make_manifest, result_record, score, write_answers, write_result
 from seed.evaluation.runner import Progress, generate_answers, no_progress
 from seed.evaluation.yes_no import answer_yes_no
-from seed.io import LazyImages, check_images
+from seed.io import LazyImages, check_images, check_output
 from seed.prompts import PROTOCOLS
 
 def pope_prompt(question: str, protocol: str) -> str:
@@ -115,6 +115,8 @@ def evaluate_pope(
     ``std`` (sample, n − 1) and ``per_seed`` beside it. With ``output``, the result JSON goes there
     and the answers beside it (:func:`answers_path`).
     """
+    if output is not None:
+        check_output(output)
     sets = question_sets(config)
     if config.images is None:
         raise SeedError("running a model on POPE needs --images DIR (the folder of the questions' image files)")
@@ -133,9 +135,10 @@ def evaluate_pope(
                 vlm, qs, config.images, protocol=config.protocol, seed=seed, decoding=decoding, parser=config.parser,
                 batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
             )  # fmt: skip
+            records = [{**r, "split": split} for r in records]  # so that the answers file says which split it answers
             for k in answered:
                 answered[k] += counts[k]
-            scores[split] = score(qs, records, config.parser)
+            scores[split] = score(qs, records, config.parser, split=split)
             log(
                 f"{split}{'' if seed is None else f' seed {seed}'}: {len(qs)} questions in {time.time() - start:.1f} s "
                 f"({counts['first_token']} from one forward, {counts['generated']} generated)"

@@ -28,7 +28,8 @@ def load_answers(path: str | Path) -> list[dict]:
 
     The answer is ``answer`` if present (then ``text``, if any, is the question, as in a
     question file with answers added), else ``text`` (LLaVA style). ``image``, ``prompt``
-    and ``question``, when present, are kept to check that the answers fit the questions.
+    and ``question``, when present, are kept to check that the answers fit the questions, and
+    so is the split they were made for (``split``, or LLaVA's ``category`` naming a split).
     """
     path = Path(path)
     answers = answer_records(read_records(path), where=str(path))
@@ -53,7 +54,8 @@ def answer_records(records: Iterable[dict], where: str = "answers") -> list[dict
         if not isinstance(answer, str):
             raise SeedError(f"{where}: record {i}: the answer is {type(answer).__name__}, not a string")
         record = {"question_id": question_id(r["question_id"], where, i), "answer": answer}
-        for key, value in (("image", r.get("image")), ("question", question), ("prompt", r.get("prompt"))):
+        split = r.get("split", r.get("category") if r.get("category") in SPLITS else None)
+        for key, value in (("image", r.get("image")), ("question", question), ("prompt", r.get("prompt")), ("split", split)):
             if isinstance(value, str):
                 record[key] = value
         answers.append(record)
@@ -87,14 +89,17 @@ def parse_answer(text: str, parser: str = "official") -> str | None:
 
 
 # --------------------------------------------------------------------------- scoring
-def join_answers(questions: Sequence[dict], answers: Iterable[dict]) -> list[tuple[dict, dict]]:
+def join_answers(questions: Sequence[dict], answers: Iterable[dict], split: str | None = None) -> list[tuple[dict, dict]]:
     """Pair each question with its (normalised, see :func:`answer_records`) answer by ``question_id``.
 
-    Refused (SeedError): missing, duplicate or unknown ids, and answers whose ``image`` or
-    question text disagree with the questions; the message says which shipped version the
-    answers look like when one fits.
+    Refused (SeedError): missing, duplicate or unknown ids, answers whose ``image`` or question
+    text disagree with the questions, and answers made for another split than ``split``; the
+    message says which shipped version the answers look like when one fits.
     """
     answers = answer_records(answers)
+    other = sorted({a["split"] for a in answers if split is not None and a.get("split", split) != split})
+    if other:
+        raise SeedError(f"these answers were made for the {' and '.join(other)} split, not for {split}")
     by_id = {q["question_id"]: q for q in questions}
     counts = Counter(a["question_id"] for a in answers)
     missing = [k for k in by_id if k not in counts]
@@ -120,16 +125,17 @@ def join_answers(questions: Sequence[dict], answers: Iterable[dict]) -> list[tup
     return [(by_id[a["question_id"]], a) for a in answers]
 
 
-def score(questions: Sequence[dict], answers: Iterable[dict], parser: str = "official") -> dict[str, Any]:
+def score(questions: Sequence[dict], answers: Iterable[dict], parser: str = "official", split: str | None = None) -> dict[str, Any]:
     """Accuracy, precision, recall, F1 (yes = positive), yes_ratio, n and unparsed.
 
     Unparsed answers (strict parser) count as wrong and as neither yes nor no predictions.
-    ``answers`` are records as in an answers file (``text`` or ``answer``) or as loaded.
+    ``answers`` are records as in an answers file (``text`` or ``answer``) or as loaded;
+    ``split``: the split the questions are (answers that name another are refused).
     """
     parse_answer("", parser)  # refuse an unknown parser before joining
     if not questions:
         raise SeedError("no questions to score")
-    pairs = join_answers(questions, answers)
+    pairs = join_answers(questions, answers, split)
     predictions = [(q["label"], parse_answer(a["answer"], parser)) for q, a in pairs]
     tp = sum(label == "yes" and pred == "yes" for label, pred in predictions)
     fp = sum(label == "no" and pred == "yes" for label, pred in predictions)
@@ -161,7 +167,7 @@ def score_splits(
     splits = {}
     for name in questions:
         try:
-            splits[name] = score(questions[name], answers[name], parser)
+            splits[name] = score(questions[name], answers[name], parser, split=name)
         except SeedError as e:
             raise SeedError(f"{name} split: {e}") from None
     mean = {k: sum(m[k] for m in splits.values()) / len(splits) for k in METRIC_KEYS if k not in ("n", "unparsed")}
@@ -172,22 +178,29 @@ def score_splits(
 
 # --------------------------------------------------------------------------- answers files → results
 def score_answers_file(
-    answers: str | Path, questions: str | Path = "random", parser: str = "official", benchmark: str | None = None
+    answers: str | Path,
+    questions: str | Path = "random",
+    parser: str = "official",
+    benchmark: str | None = None,
+    split: str | None = None,
 ) -> dict:
-    """Score one answers file against a question set → a result record (see :func:`result_record`)."""
+    """Score one answers file against a question set → a result record (see :func:`result_record`).
+    ``split``: the split being scored (default: the shipped set's, if ``questions`` names one)."""
     question_set = load_questions(questions)
-    metrics = score(question_set.questions, load_answers(answers), parser)
+    split = split or (str(questions).split(".")[0] if str(questions) in SHIPPED else None)
+    metrics = score(question_set.questions, load_answers(answers), parser, split=split)
     manifest = make_manifest(parser=parser, questions_md5=question_set.md5)
     return result_record(benchmark or f"pope-{question_set.name}", metrics, manifest)
 
 
-def score_pope_files(answers: Mapping[str, str | Path], parser: str = "official") -> dict:
-    """Score answers files for the three shipped COCO splits → the ``pope`` result record."""
-    if set(answers) != set(SPLITS):
-        raise SeedError(f"pope needs answers for {', '.join(SPLITS)}; got {', '.join(answers) or 'none'}")
-    question_sets = {name: load_questions(name) for name in SPLITS}
+def score_pope_files(answers: Mapping[str, str | Path], parser: str = "official", questions: str | None = None) -> dict:
+    """Score an answers file per split → the ``pope`` result record. ``questions``: the question
+    files, ``{split}`` in the path standing for each split (default: the shipped COCO splits)."""
+    if not answers or any(s not in SPLITS for s in answers):
+        raise SeedError(f"pope scores the splits {', '.join(SPLITS)}; got {', '.join(answers) or 'none'}")
+    question_sets = {name: load_questions(name if questions is None else questions.replace("{split}", name)) for name in answers}
     scored = score_splits(
-        {n: qs.questions for n, qs in question_sets.items()}, {n: load_answers(answers[n]) for n in SPLITS}, parser
+        {n: qs.questions for n, qs in question_sets.items()}, {n: load_answers(answers[n]) for n in answers}, parser
     )
     manifest = make_manifest(parser=parser, questions_md5={n: qs.md5 for n, qs in question_sets.items()})
     return result_record("pope", scored["metrics"], manifest, splits=scored["splits"])
