@@ -2,14 +2,15 @@
 
 A category with h > τ is *flagged*, one with h < 1 − τ is *affirmed* (:func:`split_claims`).
 Objects are strings and tokens are spans: in real tokenizers most object names take several
-tokens ("▁gira|ffe", "▁h|ot|▁dog"). At each position of a response, H_t holds every candidate
-that would start or continue a surface form of a flagged object from the text so far
-(:class:`SurfaceBans`), and the answer a yes/no question about an object must not get
+tokens ("▁gir|affe", "▁hot|▁dog"). At each position of a response, H_t holds every candidate
+that would commit the text to a surface form of a flagged object: the name's first piece that no
+other word shares, or any later piece (:class:`SurfaceBans`; "▁gir" stays free for "girl"), and the answer a yes/no question about an object must not get
 (:func:`banned_answer`): "Yes" when it is flagged, "No" when it is affirmed.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,23 +32,57 @@ class Spelling:
     surface: str
     ids: tuple[int, ...]
     new_word: bool
-    lead: int = 0  # leading tokens with no letter (a bare word-break marker "▁" / "Ġ")
+    commit: int = 0  # the first token that can only be this name (:func:`commit_index`): bans start there
 
 
 def spellings(tokenizer, lexicon: ObjectLexicon, categories: Iterable[str]) -> list[Spelling]:
     """Every spelling of every surface form (names, plurals, capitalised) of ``categories``,
     tokenised in context so that sentencepiece / byte-level BPE merges are the ones a response has."""
-    out, seen = [], set()
-    for category in categories:
+    wanted = set(categories)
+    found: list[tuple[str, str, tuple[int, ...], bool]] = []
+    seen = set()
+    for category in dict.fromkeys([*categories, *lexicon.categories]):  # every name: one may begin another
         for surface in lexicon.surface_forms(category):
             for text in dict.fromkeys((surface, surface[:1].upper() + surface[1:])):
                 for context, new_word in (("a ", True), ("(", False)):
                     ids = _ids_after(tokenizer, context, text)
                     if ids and (category, ids) not in seen:
                         seen.add((category, ids))
-                        lead = next((k for k, i in enumerate(ids) if any(ch.isalnum() for ch in tokenizer.decode([i]))), len(ids))
-                        out.append(Spelling(category, text, ids, new_word, min(lead, len(ids) - 1)))
-    return out
+                        found.append((category, text, ids, new_word))
+    raws: dict[str, list[str]] = {}
+    for category, _, ids, _ in found:
+        raws.setdefault(category, []).append("".join(tokenizer.convert_ids_to_tokens(list(ids))))
+    vocabulary = sorted(t for t in tokenizer.get_vocab() if any(ch.isalpha() for ch in t))
+    names = sorted((r, c) for c, rs in raws.items() for r in rs)
+    return [Spelling(c, text, ids, new_word, commit_index(tokenizer, ids, c, vocabulary, names)) for c, text, ids, new_word in found if c in wanted]
+
+
+def _starting(items: Sequence, prefix: str, key=lambda item: item) -> Sequence:
+    """The items of a sorted sequence whose key starts with ``prefix``."""
+    lo = bisect.bisect_left(items, prefix, key=key)
+    return items[lo : bisect.bisect_right(items, prefix + "\U0010ffff", lo, key=key)]
+
+
+def commit_index(tokenizer, ids: Sequence[int], category: str, vocabulary: Sequence[str], names: Sequence[tuple[str, str]]) -> int:
+    """The first token of a spelling of ``category`` after which the text can only go on to its
+    name: the first prefix with a letter that no token of the (sorted) ``vocabulary`` extends into
+    another word and no spelling of another category begins with; the last token otherwise.
+    ``names``: the sorted (raw token string, category) of every spelling. "▁a" begins "▁and" too,
+    so "apple" is banned from its second token; "▁dog" from its first. Banning a shared first piece
+    instead would ban every word that begins with it (every "a" while apples are flagged)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(ids))
+
+    def named(text: str) -> list[str]:  # the categories with a spelling that begins with ``text``
+        return [c for _, c in _starting(names, text, key=lambda n: n[0])]
+
+    for j in range(len(pieces) - 1):
+        prefix = "".join(pieces[: j + 1])
+        if not any(ch.isalpha() for ch in tokenizer.convert_tokens_to_string(pieces[: j + 1])):
+            continue  # a bare word-break marker commits to nothing
+        words = [v for v in _starting(vocabulary, prefix) if len(v) > len(prefix) and v[len(prefix)].isalpha()]
+        if set(named(prefix)) == {category} and all(category in named(v) for v in words):
+            return j
+    return len(ids) - 1
 
 
 def _ids_after(tokenizer, context: str, text: str) -> tuple[int, ...] | None:
@@ -64,10 +99,11 @@ def _ids_after(tokenizer, context: str, text: str) -> tuple[int, ...] | None:
 class SurfaceBans:
     """The candidate tokens that would name an object, for a response so far.
 
-    ``banned(ids, flagged)``: every token that starts a spelling of a ``flagged`` category (a
-    new-word spelling anywhere, a glued one only after a non-letter), or continues one whose first
-    tokens end ``ids``; never the start of a longer name of something else ("dog" after "hot").
-    With ``no_repeat`` the categories the text has already named can not be started again.
+    ``banned(ids, flagged)``: every token that would put the text at or past the commit piece of
+    a spelling of a ``flagged`` category (:func:`commit_index`) begun at a word break (a new-word
+    spelling anywhere, a glued one only after a non-letter); never inside a longer name of
+    something else ("dog" after "hot"). With ``no_repeat`` the categories the text named before a
+    spelling begins can not be named again.
     """
 
     def __init__(self, tokenizer, lexicon: ObjectLexicon, categories: Iterable[str]):
@@ -90,28 +126,34 @@ class SurfaceBans:
     def banned(self, ids: Sequence[int], flagged: Collection[str], no_repeat: bool = False) -> set[int]:
         ids = list(ids)
         texts: dict[int, str] = {}  # the text of the first k tokens, decoded once
+        names: dict[int, set[str]] = {}  # the categories it names
+
+        def text(k: int) -> str:
+            if k not in texts:
+                texts[k] = self.tokenizer.decode(ids[:k], skip_special_tokens=True)
+            return texts[k]
+
+        def named(k: int) -> set[str]:
+            if k not in names:
+                names[k] = {m.category for m in self.lexicon.find(text(k))} if no_repeat else set()
+            return names[k]
 
         def can_start(k: int, x: Spelling) -> bool:
             """Whether ``x`` may begin after the first k tokens: at a word break, not inside a longer name."""
-            if k not in texts:
-                texts[k] = self.tokenizer.decode(ids[:k], skip_special_tokens=True)
-            text = texts[k]
-            if not x.new_word and text and text[-1].isalnum():
+            if not x.new_word and text(k) and text(k)[-1].isalnum():
                 return False
-            words = _WORDS.findall(text.lower())
+            words = _WORDS.findall(text(k).lower())
             return not any(words[len(words) - len(g) :] == g for g in self.guards[x.category])
 
-        named = {m.category for m in self.lexicon.find(self.tokenizer.decode(ids, skip_special_tokens=True))} if no_repeat else set()
         out = set()
         for x in self.spellings:
-            if x.category not in flagged and x.category not in named:
+            if x.category not in flagged and not no_repeat:
                 continue
-            begun = [j for j in range(1, len(x.ids)) if len(ids) >= j and tuple(ids[len(ids) - j :]) == x.ids[:j]]
-            # continue a flagged spelling begun where a name can begin
-            out.update(x.ids[j] for j in begun if j > x.lead and x.category in flagged and can_start(len(ids) - j, x))
-            # start one: its first token with a letter
-            if (x.lead == 0 or x.lead in begun) and can_start(len(ids) - x.lead, x):
-                out.add(x.ids[x.lead])
+            for j in range(x.commit, len(x.ids)):  # ids end with the spelling's first j tokens: ban its next
+                if j and tuple(ids[-j:]) != x.ids[:j]:
+                    continue
+                if (x.category in flagged or x.category in named(len(ids) - j)) and can_start(len(ids) - j, x):
+                    out.add(x.ids[j])
         return out
 
 

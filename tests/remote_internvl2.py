@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from subword_models import teach_captions
 
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
 MAX_TILES = 4
@@ -52,23 +53,6 @@ def build_internvl2_remote(out_dir: Path, steps: int = 80) -> Path:
     model = InternVLChatModel(config)
     model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
     vlm = InternVL2RemoteVLM(model, tok, tok, name_or_path=str(out_dir), device="cpu", dtype=torch.float32)
-    _teach(vlm, steps)
+    teach_captions(vlm, steps)
     vlm.save_pretrained(out_dir)
     return out_dir
-
-
-def _teach(vlm, steps: int) -> None:
-    """Full-batch Adam steps on :func:`subword_models.caption_lessons`, the batch tiled and encoded once."""
-    from subword_models import caption_lessons
-
-    batch = vlm.encode(*caption_lessons())
-    mask = batch.pop("response_mask")[:, 1:]
-    targets = batch["input_ids"][:, 1:][mask]
-    optimizer = torch.optim.Adam(vlm.model.parameters(), lr=1e-2)
-    vlm.model.train()
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(vlm.model(**batch).logits[:, :-1][mask], targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    vlm.model.eval()

@@ -9,14 +9,13 @@ import json
 import pytest
 import torch
 from PIL import Image
-from subword_models import CAPTIONS, OBJECTS, caption_images
+from subword_models import CAPTIONS, OBJECTS, SHOWN, caption_images
 
 from seed.adapters import load
 from seed.config import SIGNALS, IdentifyConfig, PurifyConfig
 from seed.errors import SeedError
 from seed.prompts import CAPTION_PROMPT
 
-SHOWN = [[o for o in OBJECTS if o in caption][:1] for caption in CAPTIONS]  # the rest of each caption is hallucinated
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +73,7 @@ def test_response_logits_match_the_models_forward_under_every_null_image(vlm):
 
 def test_generate_returns_the_new_tokens_that_teacher_forcing_predicts(vlm):
     images = caption_images()
-    texts, finished = vlm.generate(images, [CAPTION_PROMPT] * 3, max_new_tokens=32, return_finished=True)
+    texts, finished = vlm.generate(images, [CAPTION_PROMPT] * 3, max_new_tokens=48, return_finished=True)
     assert texts == CAPTIONS and finished == [True] * 3  # the taught captions, and only them
     logits, ids, mask = vlm.response_logits(images, [CAPTION_PROMPT] * 3, texts)
     assert torch.equal(logits.argmax(-1)[mask], ids[mask])  # greedy agrees with the full forward, EOS included

@@ -5,10 +5,9 @@ and a repaired caption keeps no flagged object and no half of one."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
-from subword_models import CAPTIONS, OBJECTS, caption_images, corpus
+from subword_models import CAPTIONS, GROUNDED, OBJECTS, SHOWN, caption_images
 
 from seed.adapters import load
 from seed.config import IdentifyConfig, PurifyConfig
@@ -19,8 +18,6 @@ from seed.purify import purify
 from seed.targets import load_shards
 
 LEXICON = ObjectLexicon.default()
-# Image i shows only the first object its caption names: the others are hallucinated.
-SHOWN = [[o for o in OBJECTS if o in caption][:1] for caption in CAPTIONS]
 
 
 @pytest.fixture(params=["llava15_dir", "internvl_bpe_dir"])
@@ -45,15 +42,17 @@ def test_mentions_are_token_spans_and_pieces_of_other_words_are_not_objects(subw
         assert tok.decode(ids[m.start : m.end]).strip() == m.surface  # the whole name, nothing more
 
 
-def test_bans_start_and_continue_a_flagged_name_but_spare_longer_names(subword_vlm):
+def test_bans_start_and_continue_a_flagged_name_but_spare_other_words(subword_vlm):
     tok = subword_vlm.tokenizer
     bans = SurfaceBans(tok, LEXICON, OBJECTS)
-    for name in ("giraffe", "snowboard", "stop sign"):
+    start = len(tok("There is a", add_special_tokens=False).input_ids)
+    for name in ("giraffe", "snowboard", "stop sign", "dog"):
         ids = tok("There is a " + name, add_special_tokens=False).input_ids
-        start = len(tok("There is a", add_special_tokens=False).input_ids)
-        for t in range(start, len(ids)):  # every piece with a letter is banned where it would come next
-            if any(ch.isalpha() for ch in tok.decode([ids[t]])):
-                assert ids[t] in bans.banned(ids[:t], {name}), (name, t)
+        hit = [ids[t] in bans.banned(ids[:t], {name}) for t in range(start, len(ids))]
+        assert any(hit) and hit == sorted(hit), (name, hit)  # banned from one piece on, to the end of the name
+    for word, name in (("girl", "giraffe"), ("snow", "snowboard"), ("apple", "dog"), ("dogs", "giraffe")):
+        ids = tok("There is a " + word + " and", add_special_tokens=False).input_ids
+        assert not any(ids[t] in bans.banned(ids[:t], {name}) for t in range(start, len(ids))), (word, name)  # "▁gir|l" is no giraffe
     dog = tok(" dog", add_special_tokens=False).input_ids[-1]
     hot = tok("a hot", add_special_tokens=False).input_ids
     assert dog in bans.banned(tok("a", add_special_tokens=False).input_ids, {"dog"})
@@ -83,27 +82,12 @@ def test_oracle_purification_removes_every_absent_object_whole(subword_vlm, tmp_
     config = PurifyConfig(IdentifyConfig(signals=("oracle",)), batch_size=8)  # the pool: every COCO category
     out = purify(subword_vlm, images=folder, out=tmp_path / "purified", annotations=annotations, config=config)
     records, tensors = load_shards(out)
-    known = {w for line in corpus() for w in re.findall(r"[^\W\d_]+", line.lower())}
     captions = {r["image"]: r for r in records if "category" not in r}
-    cut = json.loads((out / "manifest.json").read_text())["cut_captions"]
-    assert sorted([*captions, *cut]) == names and len(captions) >= 2  # a repair the token limit cut is not stored
-    hallucinated = left = introduced = 0
-    for name, shown, caption in zip(names, SHOWN, CAPTIONS):
-        if name not in captions:
-            continue
-        r = captions[name]
-        assert r["response"] == caption  # the taught caption, with its hallucinated objects
-        absent = {m.category for m in LEXICON.find(r["response"])} - set(shown)
-        hallucinated += len(absent)
-        named = {m.category for m in LEXICON.find(r["repaired"])}
-        left += len(named & absent)
-        introduced += len(named - set(shown) - absent)
-        # no half of a flagged name: no unknown word of the repair is the beginning of an absent object's word
-        stubs = set(re.findall(r"[^\W\d_]+", r["repaired"].lower())) - known
-        names = {w for c in absent for form in LEXICON.surface_forms(c) for w in form.split()}
-        assert not {s for s in stubs for w in names if w.startswith(s)}, r["repaired"]
-    assert hallucinated >= 4 and left == 0 and introduced == 0
     manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(captions) == names and not manifest["cut_captions"]
+    assert [captions[n]["response"] for n in names] == CAPTIONS  # the taught captions, hallucinated objects and all
+    # repaired whole: the caption the model also gives, stopped at the shown object, no half of a name left
+    assert [captions[n]["repaired"] for n in names] == GROUNDED
     assert tensors["sites"].any() or manifest["dropped_repairs"]  # answers contradicting the oracle are purged (or dropped) too
 
 
