@@ -39,11 +39,12 @@ DEVICE = Options(ModelSpec, only=("device",))
 EVOLVE = Options(
     EvolveConfig,
     only=(
-        "rounds", "images", "annotations", "eval_images", "eval_annotations", "pope_images", "chair_images", "selection_split",
+        "rounds", "images", "annotations", "eval_images", "eval_annotations", "pope_images", "chair_images", "val_images", "val_annotations",
+        "select", "world", "selection_split",
         "patience", "yes_ratio", "min_recall", "eval_batch_size", "distill.loss", "distill.beta", "distill.site_weight",
         "distill.captions", "distill.hea.rank", "distill.hea.alpha", "distill.lr", "distill.lr_scheduler", "distill.warmup_steps",
         "distill.epochs", "distill.max_steps", "distill.batch_size", "distill.grad_accum", "distill.chunk_size",
-        "purify.identify.signals", "purify.identify.tau", "purify.max_new_tokens", "distill.log_with", "distill.logging_dir",
+        "purify.identify.signals", "purify.identify.tau", "purify.identify.lens_layers", "purify.max_new_tokens", "distill.log_with", "distill.logging_dir",
     ),
     names={"purify.identify.signals": "identify"},
 )  # fmt: skip
@@ -77,13 +78,25 @@ def world_build(
     device: ModelSpec,
     out: Optional[Path] = typer.Option(None, help="Folder of the world (default: the cache, ~/.cache/seed)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same world."),
-    bias: bool = typer.Option(True, "--bias/--no-bias", help="Plant the co-occurrence bias: partners drawn together and named when absent (off = control world)."),
+    caption_bias: Optional[float] = typer.Option(None, help="Share of training captions that also name an absent partner of a shown object (default: the world's)."),
+    answer_bias: Optional[float] = typer.Option(None, help="Share of training questions about an absent partner answered \"Yes\" (default: the world's)."),
+    cooccur: Optional[float] = typer.Option(None, help="Chance that a drawn object brings its partner into the scene (default: the world's)."),
+    vision_labels: str = typer.Option("captions", help="What the vision tower learns from: captions (alt-text naming some of the shown objects) or annotations (all of them)."),
+    bias: bool = typer.Option(True, "--bias/--no-bias", help="--no-bias: the matched control, the same scenes with text that names only what is shown."),
     force: bool = typer.Option(False, help="Rebuild even if a finished world is there."),
 ) -> None:
     """Draw the scenes and train the tiny LLaVA model (cached: a second call reuses it)."""
-    from seed.world import build_world
+    from seed.world import WorldConfig, build_world
+    from seed.world.scenes import BiasConfig
 
-    typer.echo(str(build_world(out, seed=seed, bias=bias, force=force, device=device.device)))
+    rates = {"caption_rate": caption_bias, "answer_rate": answer_bias, "cooccur": cooccur}
+    if not bias and (caption_bias or answer_bias):
+        raise SeedError("--no-bias builds the control with clean text; leave out --caption-bias and --answer-bias")
+    if any(r is not None and not 0 <= r <= 1 for r in rates.values()):
+        raise SeedError("--caption-bias, --answer-bias and --cooccur are shares in [0, 1]")
+    chosen = BiasConfig(**{k: v for k, v in rates.items() if v is not None})
+    config = WorldConfig(seed=seed, bias=chosen if bias else chosen.clean(), vision_labels=vision_labels)
+    typer.echo(str(build_world(out, force=force, device=device.device, config=config)))
 
 
 # --------------------------------------------------------------------------- eval: pope

@@ -1,7 +1,6 @@
 """Every option of seed, declared once: the config dataclasses of each stage, with their
 defaults, help texts (``field(metadata={"help": ...})``, as PEFT does) and range checks. The
 command line is derived from them (:mod:`seed.options`); the stage modules take them as they are.
-
 This module imports nothing heavy, so that ``seed --help`` stays quick.
 """
 
@@ -85,7 +84,8 @@ class IdentifyConfig:
     probe_offset: float = field(default=0.0, metadata={"help": "A self-probe yes-margin below this counts against the object."})
     probe_scale: float = field(default=1.0, metadata={"help": "Yes-margin units that move the self-probe's h from 0.5 to σ(1)."})
     samples: int = field(default=8, metadata={"help": "Sampled captions per image for the consistency signal."})
-    lens_temperature: float = field(default=0.1, metadata={"help": "The lens signal's cosine softmax temperature."})
+    lens_temperature: float = field(default=0.1, metadata={"help": "The lens signal's cosine softmax temperature (layer 0)."})
+    lens_layers: tuple[int, ...] = field(default=(0,), metadata={"help": "Layers the lens reads image tokens at: 0 = input embeddings (cosine), l ≥ 1 = logit lens of layer l."})
     null_image: str = field(default="none", metadata={"help": f"The contrast signal's null image: {', '.join(NULL_IMAGES)}."})
     questions_per_image: int = field(default=8, metadata={"help": "Most yes/no questions per image: half affirmed objects, as many flagged."})
     categories: tuple[str, ...] | None = field(
@@ -102,8 +102,8 @@ class IdentifyConfig:
         _at_least(0, questions_per_image=self.questions_per_image)
         if not 0 <= self.tau <= 1:
             raise SeedError(f"--tau is a hallucination score threshold in [0, 1], not {self.tau}")
-        if not (self.probe_scale > 0 and self.lens_temperature > 0):
-            raise SeedError(f"--probe-scale and --lens-temperature must be > 0, not {self.probe_scale}, {self.lens_temperature}")
+        if not (self.probe_scale > 0 and self.lens_temperature > 0 and self.lens_layers and min(self.lens_layers) >= 0):
+            raise SeedError(f"--probe-scale and --lens-temperature must be > 0 and --lens-layers ≥ 0, not {self.probe_scale}, {self.lens_temperature}, {self.lens_layers}")
         if self.null_image not in NULL_IMAGES:
             raise SeedError(f"--null-image takes {', '.join(NULL_IMAGES)}, not {self.null_image!r}")
         if self.categories is not None:
@@ -289,10 +289,12 @@ class EvolveConfig:
 
     Purification uses ``images`` (default: the embedded world's purify split; ``annotations`` only
     feed the ``oracle`` signal); evaluation uses ``eval_images`` + ``eval_annotations`` (default:
-    the world's held-out split and its POPE files; otherwise POPE is built from the annotations
-    with ``pope_images`` images per split). Rounds are ranked by ``selection_split`` F1, rounds
-    whose yes-ratio lies inside ``yes_ratio`` and whose caption object recall keeps ``min_recall``
-    of the base's first (fewer objects named hides hallucination, method.md).
+    the world's test split and its POPE files; otherwise POPE is built from the annotations
+    with ``pope_images`` images per split), reported once per round. Rounds are chosen on a
+    validation set (``val_images`` + ``val_annotations``, default the world's val split), never on
+    the reported one: by ``selection_split`` F1, rounds whose yes-ratio lies inside ``yes_ratio``
+    and whose caption object recall keeps ``min_recall`` of the base's first (fewer objects named
+    hides hallucination, method.md). ``select="last"`` keeps the last round without labels.
     """
 
     rounds: int = field(default=2, metadata={"help": "Most purify → distil → evaluate rounds."})
@@ -306,7 +308,11 @@ class EvolveConfig:
     )
     pope_images: int = field(default=500, metadata={"help": "With --eval-annotations: images per POPE split (6 questions each)."})
     chair_images: int = field(default=500, metadata={"help": "Images captioned for CHAIR."})
-    selection_split: str = field(default="adversarial", metadata={"help": f"The POPE split whose F1 ranks the rounds: {', '.join(POPE_SPLITS)}."})
+    val_images: str | None = field(default=None, metadata={"help": "Validation images that choose the round to keep (default: the world's val split)."})
+    val_annotations: str | None = field(default=None, metadata={"help": "COCO instances of --val-images (POPE is built from them, CHAIR scored against them)."})
+    select: str = field(default="val", metadata={"help": "How the kept round is chosen: val (by the validation set) or last (label-free: the last round)."})
+    world: str | None = field(default=None, metadata={"help": "A built world folder to run on (its model, purify, val and test splits; default: the default world)."})
+    selection_split: str = field(default="adversarial", metadata={"help": f"The POPE split whose validation F1 ranks the rounds: {', '.join(POPE_SPLITS)}."})
     patience: int = field(default=1, metadata={"help": "Stop after this many rounds without a better selection F1."})
     yes_ratio: tuple[float, float] = field(
         default=(0.40, 0.60), metadata={"help": "Yes-ratio window: rounds inside it rank first; a round moving away from it stops the run."}
@@ -321,6 +327,8 @@ class EvolveConfig:
         _at_least(1, eval_batch_size=self.eval_batch_size)
         if not 0 <= self.min_recall <= 1:
             raise SeedError(f"--min-recall is a share of the base's recall in [0, 1], not {self.min_recall}")
+        if self.select not in ("val", "last") or (self.val_images is None) != (self.val_annotations is None):
+            raise SeedError(f"--select is val or last (not {self.select!r}); --val-images and --val-annotations go together")
         if self.selection_split not in POPE_SPLITS:
             raise SeedError(f"the selection split must be one of {', '.join(POPE_SPLITS)}, not {self.selection_split!r}")
         lo, hi = self.yes_ratio

@@ -26,16 +26,17 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from seed.adapters import load_spec, resolve_model_name
 from seed.adapters.hea import checkpoint_identity, save_hea
 from seed.config import ChairConfig, Decoding, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig
+from seed.datasets import Datasets, check_disjoint, purification_images, resolve_datasets
 from seed.distill import distill
 from seed.errors import SeedError
 from seed.evaluation.chair import evaluate_chair_model
-from seed.evaluation.pope import SPLITS, evaluate_pope, load_questions
+from seed.evaluation.pope import SPLITS, evaluate_pope
 from seed.io import (
     check_output, differences, image_files, make_dirs, md5_file, md5_strings, read_json, read_json_object, write_dir_atomically, write_json,
 )  # fmt: skip
@@ -43,75 +44,12 @@ from seed.purify import fingerprint, purify, stale_fields
 from seed.report import before_after_table, round_summary, rounds_table
 from seed.targets import load_shards
 from seed.tracking import check_tracker, log_once
-from seed.world import World
 
 HISTORY_FILE = "history.json"
 POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 CHAIR_KEYS = ("chair_i", "chair_s", "recall", "mean_length")
 # Fields that may change between a killed run and its resume (they do not change any result).
 RESUMABLE = ("options.rounds", "options.model.device")
-
-
-# --------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Datasets:
-    """Where purification reads images and evaluation reads images, questions and objects."""
-
-    purify_images: Path
-    purify_annotations: Path | None
-    eval_images: Path
-    eval_annotations: Path
-    pope_questions: str | None  # a question file per split, "{split}" in the path; None: built from eval_annotations
-
-
-def resolve_datasets(spec: ModelSpec, config: EvolveConfig) -> tuple[ModelSpec, Datasets]:
-    """The model and data of a run: without ``spec.model``, the embedded world's model and its
-    purify / held-out splits for whatever ``config`` leaves open; a real model must be given both
-    sets. Refuses any image file name that both sets share."""
-    if spec.model is None:
-        world = World.default()
-        spec = dataclasses.replace(spec, model=str(world.model))
-    elif config.images is None:
-        raise SeedError("purifying a model needs --images DIR (unlabelled images, disjoint from the evaluation images)")
-    elif config.eval_images is None or config.eval_annotations is None:
-        raise SeedError("evaluating a model needs --eval-images DIR and --eval-annotations instances.json (held-out COCO)")
-    own_eval = config.eval_images is None and config.eval_annotations is None
-    data = Datasets(
-        purify_images=Path(config.images or world.images(world.purify_split)),
-        purify_annotations=Path(config.annotations) if config.annotations else (world.annotations(world.purify_split) if config.images is None else None),
-        eval_images=Path(config.eval_images or world.images(world.eval_split)),
-        eval_annotations=Path(config.eval_annotations or world.annotations(world.eval_split)),
-        pope_questions=world.pope_questions if own_eval else None,
-    )
-    check_disjoint(purification_images(data), evaluation_images(data))
-    return spec, data
-
-
-def purification_images(data: Datasets) -> list[str]:
-    """File names purify will read (every image file of the folder, as :func:`seed.purify.purify` lists them)."""
-    if not data.purify_images.is_dir():
-        raise SeedError(f"--images {data.purify_images}: no such folder")
-    return [p.name for p in image_files(data.purify_images)]
-
-
-def evaluation_images(data: Datasets) -> list[str]:
-    """File names of every image POPE or CHAIR may show: the annotated images and the questions' images."""
-    names = {img.get("file_name") for img in read_json_object(data.eval_annotations).get("images", []) if isinstance(img, dict)}
-    if data.pope_questions is not None:
-        for split in SPLITS:
-            names.update(q["image"] for q in load_questions(data.pope_questions.format(split=split)).questions)
-    return sorted(n for n in names if n)
-
-
-def check_disjoint(purify_names: Sequence[str], eval_names: Sequence[str]) -> None:
-    """Refuse a run whose purification images include any evaluation image (by file name, so
-    copies in another folder count too)."""
-    shared = sorted(set(purify_names) & set(eval_names))
-    if shared:
-        raise SeedError(
-            f"{len(shared)} purification image(s) are also evaluation images (e.g. {', '.join(shared[:3])}); "
-            "purify on images disjoint from the held-out set"
-        )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -147,8 +85,9 @@ def evaluate(
 
 # --------------------------------------------------------------------------- selection
 def selection_metrics(entry: dict, split: str) -> tuple[float, float]:
-    """(F1, yes-ratio) of one history entry on the selection split."""
-    m = entry["eval"]["pope"][split]
+    """(F1, yes-ratio) of one history entry on the selection split, from its validation figures
+    (its reported ones in runs without a validation set)."""
+    m = entry.get("val", entry["eval"])["pope"][split]
     return m["f1"], m["yes_ratio"]
 
 
@@ -160,15 +99,16 @@ def _window_distance(yes_ratio: float, window: tuple[float, float]) -> float:
 def keeps_recall(entry: dict, rounds: Sequence[dict], config: EvolveConfig) -> bool:
     """Whether the entry's caption object recall is at least ``min_recall`` of round 0's."""
     base = next((e for e in rounds if e["round"] == 0), None)
-    return base is None or entry["eval"]["chair"]["recall"] >= config.min_recall * base["eval"]["chair"]["recall"]
+    recall = lambda e: e.get("val", e["eval"])["chair"]["recall"]
+    return base is None or recall(entry) >= config.min_recall * recall(base)
 
 
 def best_round(rounds: Sequence[dict], config: EvolveConfig) -> dict | None:
     """The trained round to keep: yes-ratio inside the window and recall kept first, then the
     highest F1 (earliest on ties)."""
     trained = [e for e in rounds if e["round"] >= 1]
-    if not trained:
-        return None
+    if not trained or config.select == "last":
+        return max(trained, key=lambda e: e["round"], default=None)
 
     def rank(entry):
         f1, yes = selection_metrics(entry, config.selection_split)
@@ -178,8 +118,9 @@ def best_round(rounds: Sequence[dict], config: EvolveConfig) -> dict | None:
 
 
 def stop_reason(rounds: Sequence[dict], config: EvolveConfig) -> str | None:
-    """Why no further round should run, judged from the finished entries (round 0 = before SEED)."""
-    if len(rounds) < 2:
+    """Why no further round should run, judged from the finished entries (round 0 = before SEED);
+    a label-free run (``select="last"``) runs every round."""
+    if len(rounds) < 2 or config.select == "last":
         return None
     split = config.selection_split
     _, yes = selection_metrics(rounds[-1], split)
@@ -215,17 +156,24 @@ def read_history(out: Path, spec: ModelSpec, config: EvolveConfig, data: Dataset
 
 def run_fingerprint(spec: ModelSpec, data: Datasets) -> dict:
     """What a run's results depend on beyond its options: the model and starting adapter by
-    content, and the data (purification image names, evaluation annotations and questions)."""
-    questions = None if data.pope_questions is None else {s: md5_file(data.pope_questions.format(split=s)) for s in SPLITS}
+    content, and the data (purification image names and annotations, the evaluation and
+    validation sets' annotations and questions)."""
+    val = data.validation()
     return {
         "identity": checkpoint_identity(resolve_model_name(spec.model), spec.adapter),
         "data": {
             "purify_images_md5": md5_strings(purification_images(data)),
             "purify_annotations_md5": md5_file(data.purify_annotations) if data.purify_annotations else None,
-            "eval_annotations_md5": md5_file(data.eval_annotations),
-            "pope_questions_md5": questions,
+            "eval": _set_fingerprint(data),
+            "val": None if val is None else _set_fingerprint(val),
         },
     }
+
+
+def _set_fingerprint(data: Datasets) -> dict:
+    """The evaluated set's annotations and questions, by content."""
+    questions = None if data.pope_questions is None else {s: md5_file(data.pope_questions.format(split=s)) for s in SPLITS}
+    return {"annotations_md5": md5_file(data.eval_annotations), "pope_questions_md5": questions}
 
 
 def _options(spec: ModelSpec, config: EvolveConfig) -> dict:
@@ -298,7 +246,7 @@ def evolve(model: str | ModelSpec | None = None, *, out: str | Path, config: Evo
         if state.is_main_process:
             _fresh(out / "round-0")
             vlm = load_spec(spec)
-            entry = {"round": 0, "adapter": spec.adapter, "eval": _evaluate(vlm, data, out / "round-0", config)}
+            entry = {"round": 0, "adapter": spec.adapter, **_evaluate(vlm, data, out / "round-0", config)}
             finish_round({**entry, "seconds": round(time.time() - start, 1)})
             del vlm
         else:
@@ -335,7 +283,7 @@ def evolve(model: str | ModelSpec | None = None, *, out: str | Path, config: Evo
                 "purified_items": len(records),
                 "repaired_items": sum(x["response"] != x["repaired"] for x in records),
                 "distill": {k: v for k, v in stats.items() if k not in ("config", "losses")},
-                "eval": _evaluate(vlm, data, round_dir, config),
+                **_evaluate(vlm, data, round_dir, config),
                 "seconds": round(time.time() - start, 1),
             }
             finish_round(entry)
@@ -372,7 +320,12 @@ def _fresh(folder: Path, keep: str | None = None) -> None:
 
 
 def _evaluate(vlm, data: Datasets, out_dir: Path, config: EvolveConfig) -> dict:
-    return evaluate(vlm, data, out_dir, batch_size=config.eval_batch_size, pope_images=config.pope_images, chair_images=config.chair_images)
+    """A round's figures: ``{"eval": reported, "val": validation}`` (no "val" without a validation set)."""
+    options = {"batch_size": config.eval_batch_size, "pope_images": config.pope_images, "chair_images": config.chair_images}
+    figures = {"eval": evaluate(vlm, data, out_dir, **options)}
+    if data.validation() is not None:
+        figures["val"] = evaluate(vlm, data.validation(), out_dir / "val", **options)
+    return figures
 
 
 def _print_outcome(console, out: Path, history: dict, config: EvolveConfig) -> None:

@@ -147,24 +147,34 @@ def consistency_scores(mentions: list[set[str]], samples: int, categories: list[
 
 
 @torch.no_grad()
-def lens_scores(vlm, images: list[Image.Image], words: dict[str, list[tuple[int, ...]]], temperature: float = 0.1) -> list[dict[str, float]]:
-    """h(c) = 1 − max_p P(c | image token p), each image token read as a word by cosine softmax
-    over the word embeddings. ``words`` maps a category to its spellings (token-id tuples): the
-    one-token ones add up; a category spelt only in pieces scores the geometric mean over its
-    pieces of their best image token."""
+def lens_scores(
+    vlm, images: list[Image.Image], words: dict[str, list[tuple[int, ...]]], temperature: float = 0.1, layers: Sequence[int] = (0,)
+) -> list[dict[str, float]]:
+    """h(c) = 1 − max over ``layers`` and image tokens p of P(c | p): at layer 0 each projected
+    image token is read as a word by cosine softmax over the word embeddings; at a layer l ≥ 1 by
+    the logit lens (the model's own unembedding of its layer-l state). ``words`` maps a category
+    to its spellings (token-id tuples): the one-token ones add up; a category spelt only in
+    pieces scores the geometric mean over its pieces of their best image token."""
     table = torch.nn.functional.normalize(vlm.word_embeddings().float(), dim=-1)
     out = []
-    for states in vlm.image_states(images):
-        probs = (torch.nn.functional.normalize(states.to(table.device), dim=-1) @ table.T / temperature).softmax(-1)
-        scores = {}
-        for c, spellings in words.items():
-            whole = [ids[0] for ids in spellings if len(ids) == 1]
-            if whole:
-                scores[c] = 1.0 - probs[:, whole].sum(-1).max().item()
+    for states in vlm.image_states(images, layers):
+        probs = []
+        for layer, h in zip(layers, states):
+            if layer == 0:
+                probs.append((torch.nn.functional.normalize(h.to(table.device), dim=-1) @ table.T / temperature).softmax(-1))
             else:
-                scores[c] = 1.0 - max(probs[:, list(ids)].max(0).values.log().mean().exp().item() for ids in spellings)
-        out.append(scores)
+                probs.append(vlm.unembed(h, layer).softmax(-1))
+        out.append({c: 1.0 - max(_word_probability(p, spellings) for p in probs) for c, spellings in words.items()})
     return out
+
+
+def _word_probability(probs: torch.Tensor, spellings: list[tuple[int, ...]]) -> float:
+    """max over image tokens of P(word) ([P, V] probabilities): one-token spellings add up; a word
+    spelt only in pieces takes the geometric mean over its pieces of their best token."""
+    whole = [ids[0] for ids in spellings if len(ids) == 1]
+    if whole:
+        return probs[:, whole].sum(-1).max().item()
+    return max(probs[:, list(ids)].max(0).values.log().mean().exp().item() for ids in spellings)
 
 
 def combine(signals: list[dict[str, float]], clip: float = 1e-4) -> dict[str, float]:
@@ -264,7 +274,7 @@ def signal_scores(
         by_signal["consistency"] = _consistency(vlm, images, pools, config.samples, lexicon, max_new_tokens)
     if "lens" in config.signals:
         words = {c: ids for c, ids in bans.category_ids().items() if c in set().union(*pools)}
-        by_signal["lens"] = lens_scores(vlm, images, words, config.lens_temperature)
+        by_signal["lens"] = lens_scores(vlm, images, words, config.lens_temperature, config.lens_layers)
     if "oracle" in config.signals:
         by_signal["oracle"] = [{c: float(c not in truth[i]) for c in pools[i]} for i in range(n)]
     if "evidence" in config.signals:

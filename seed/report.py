@@ -111,7 +111,8 @@ def rounds_table(history: dict, loss: str, selection_split: str):
     """Every finished round (0 = before SEED); the kept round in bold."""
     columns = {f"round {e['round']}": e["eval"] for e in history["rounds"]}
     best = history.get("best_round")
-    return metrics_table(f"SEED rounds ({loss}; kept: best {selection_split} F1)", columns, bold=None if best is None else f"round {best}")
+    chosen = f"best validation {selection_split} F1" if any("val" in e for e in history["rounds"]) else "last round"
+    return metrics_table(f"SEED rounds, reported set ({loss}; kept: {chosen})", columns, bold=None if best is None else f"round {best}")
 
 
 def round_summary(entry: dict) -> str:
@@ -130,7 +131,7 @@ def before_after_table(history: dict):
     columns = {"before": by_round[0]["eval"]} if 0 in by_round else {}
     if best is not None:
         columns[f"after (round {best})"] = by_round[best]["eval"]
-    return metrics_table("before / after SEED (held-out set)", columns, delta=len(columns) == 2)
+    return metrics_table("before / after SEED (reported set: the world's test split or --eval-images)", columns, delta=len(columns) == 2)
 
 
 def detection_table(metrics: Mapping[str, Mapping[str, Any]]) -> Table:

@@ -92,6 +92,26 @@ def test_image_states_are_the_language_model_inputs_at_the_image_tokens(vlm, tin
     assert not torch.allclose(states[0][0], vlm.word_embeddings()[vlm.processor.image_token_id].float())
 
 
+def test_the_logit_lens_reads_every_layer_and_its_last_layer_is_the_models_own_prediction(vlm, tiny_images):
+    from seed.identify import lens_scores
+
+    last = vlm.model.get_decoder().config.num_hidden_layers
+    states = vlm.image_states(tiny_images, layers=(1, last))
+    batch = vlm.encode(tiny_images, ["", ""])
+    image = batch["input_ids"] == vlm.processor.image_token_id
+    with torch.no_grad():
+        out = vlm.model(**batch, output_hidden_states=True)
+    for b, row in enumerate(states):
+        assert row.shape == (2, int(image[b].sum()), vlm.word_embeddings().shape[1])
+        torch.testing.assert_close(row[0], out.hidden_states[1][b][image[b]].float())
+        torch.testing.assert_close(vlm.unembed(row[1], last), out.logits[b][image[b]].float(), atol=1e-4, rtol=1e-4)
+    words = {"dog": [(vlm.tokenizer.convert_tokens_to_ids("dog"),)], "cat": [(vlm.tokenizer.convert_tokens_to_ids("cat"),)]}
+    for layers in ((0,), (1, last)):
+        scores = lens_scores(vlm, tiny_images, words, layers=layers)
+        assert len(scores) == 2 and all(0 <= h <= 1 for s in scores for h in s.values())
+    assert lens_scores(vlm, tiny_images, words, layers=(0,)) != lens_scores(vlm, tiny_images, words, layers=(last,))
+
+
 def test_null_images_score_the_same_tokens_differently(vlm, tiny_images):
     with torch.no_grad():
         logits, ids, mask = vlm.response_logits(tiny_images, PROMPTS, RESPONSES)

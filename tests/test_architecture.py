@@ -24,7 +24,7 @@ FLOORS = {
     "seed.decoding": 5,
     "seed.evaluation": 6,
     "seed.report": 7, "seed.html_report": 7, "seed.world": 7,
-    "seed.evolve": 8,
+    "seed.evolve": 8, "seed.datasets": 8,
     "seed.options": 9, "seed.cli": 9, "seed": 9, "seed.__main__": 9,
 }  # fmt: skip
 RECIPES = {"evolve", "build_world"}  # may read top to bottom at any length

@@ -3,6 +3,7 @@ for the model, purification, distillation and evaluation (and one slow run on th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,8 +21,8 @@ class Killed(Exception):
 class Fakes:
     """Records what the recipe asked for; ``scores[round] = (adversarial F1, yes-ratio[, caption recall])``."""
 
-    def __init__(self, scores: dict[int, tuple[float, ...]], kill_at_round: int | None = None):
-        self.scores, self.kill_at_round = scores, kill_at_round
+    def __init__(self, scores: dict[int, tuple[float, ...]], kill_at_round: int | None = None, val: dict[int, tuple[float, ...]] | None = None):
+        self.scores, self.kill_at_round, self.val = scores, kill_at_round, val
         self.loaded_adapters: list[str | None] = []
         self.purified: list[int] = []
         self.evaluated: list[int] = []
@@ -61,8 +62,9 @@ class Fakes:
 
     def evaluate(self, vlm, data, out_dir, **options):
         r = self.round_of(out_dir)
-        self.evaluated.append(r)
-        f1, yes, recall = (*self.scores[r], 0.8)[:3]
+        on_val = Path(out_dir).name == "val"
+        self.evaluated += [] if on_val else [r]
+        f1, yes, recall = (*(self.val if on_val else self.scores)[r], 0.8)[:3]
         metrics = {"accuracy": f1, "precision": f1, "recall": f1, "f1": f1, "yes_ratio": yes}
         chair = {"chair_i": 0.2, "chair_s": 0.5, "recall": recall, "mean_length": 10.0}
         return {"pope": {s: metrics for s in ("random", "popular", "adversarial")}, "pope_mean_f1": f1, "chair": chair}
@@ -139,6 +141,32 @@ def test_stop_when_f1_stops_improving(monkeypatch, data, tmp_path):
     assert fakes.purified == [1, 2, 3] and history["best_round"] == 3
 
 
+def test_rounds_are_kept_by_the_validation_set_and_reported_on_the_test_set(monkeypatch, tmp_path):
+    data = evolve.Datasets(tmp_path / "purify", None, tmp_path / "test", tmp_path / "test.json", None, tmp_path / "val", tmp_path / "val.json")
+    # The test split would pick round 2; validation picks round 1 and stops at round 2's fall.
+    fakes = Fakes({0: (0.80, 0.5), 1: (0.82, 0.5), 2: (0.86, 0.5), 3: (0.90, 0.5)}, val={0: (0.80, 0.5), 1: (0.85, 0.5), 2: (0.83, 0.5), 3: (0.9, 0.5)})
+    fakes.install(monkeypatch, data)
+    history = evolve.evolve(out=tmp_path / "run", config=evolve.EvolveConfig(rounds=3))
+    assert fakes.purified == [1, 2] and history["best_round"] == 1 and "has not improved on round 1" in history["stopped"]
+    assert [e["eval"]["pope"]["adversarial"]["f1"] for e in history["rounds"]] == [0.80, 0.82, 0.86]  # reported: test
+    assert [e["val"]["pope"]["adversarial"]["f1"] for e in history["rounds"]] == [0.80, 0.85, 0.83]
+    last = Fakes(fakes.scores)
+    last.install(monkeypatch, dataclasses.replace(data, val_images=None, val_annotations=None))
+    history = evolve.evolve(out=tmp_path / "last", config=evolve.EvolveConfig(rounds=3, select="last"))
+    assert last.purified == [1, 2, 3] and history["best_round"] == 3 and "val" not in history["rounds"][0]
+
+
+def test_a_real_model_needs_a_validation_set_or_select_last(tmp_path):
+    folder, annotations = tmp_path / "images", tmp_path / "instances.json"
+    folder.mkdir()
+    annotations.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    config = evolve.EvolveConfig(images=str(folder), eval_images=str(folder), eval_annotations=str(annotations))
+    with pytest.raises(SeedError, match="needs a validation set: --val-images DIR and --val-annotations"):
+        evolve.resolve_datasets(ModelSpec("some/model"), config)
+    spec, data = evolve.resolve_datasets(ModelSpec("some/model"), dataclasses.replace(config, select="last"))
+    assert data.validation() is None
+
+
 def test_a_run_with_other_options_is_refused_but_rounds_may_grow(monkeypatch, data, tmp_path):
     out = tmp_path / "run"
     fakes = Fakes({0: (0.80, 0.5), 1: (0.84, 0.5), 2: (0.86, 0.5)})
@@ -164,7 +192,7 @@ def test_purification_and_evaluation_images_never_overlap(tmp_path):
     (folder / "b.png").write_bytes(b"")
     annotations = tmp_path / "instances.json"
     annotations.write_text(json.dumps({"images": [{"id": 1, "file_name": "b.png"}], "annotations": [], "categories": []}))
-    config = evolve.EvolveConfig(images=str(folder), eval_images=str(folder), eval_annotations=str(annotations))
+    config = evolve.EvolveConfig(images=str(folder), eval_images=str(folder), eval_annotations=str(annotations), select="last")
     with pytest.raises(SeedError, match="also evaluation images"):
         evolve.resolve_datasets(ModelSpec("some/model"), config)
     with pytest.raises(SeedError, match="needs --images"):
@@ -191,7 +219,7 @@ def test_evolve_on_the_world(tmp_path):
     (tmp_path / "heldout.json").write_text(json.dumps(heldout))
     config = evolve.EvolveConfig(
         rounds=1, images=str(images), eval_images=str(world.images(world.eval_split)), eval_annotations=str(tmp_path / "heldout.json"),
-        pope_images=20, chair_images=20, distill=DistillConfig(max_steps=3, batch_size=8), purify=PurifyConfig(shard_size=8),
+        pope_images=20, chair_images=20, distill=DistillConfig(max_steps=3, batch_size=8), purify=PurifyConfig(shard_size=8), select="last",
     )  # fmt: skip
     history = evolve.evolve(ModelSpec(device="cpu"), out=tmp_path / "run", config=config)
     assert [e["round"] for e in history["rounds"]] == [0, 1] and history["best_round"] == 1

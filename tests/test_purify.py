@@ -33,8 +33,9 @@ def test_lens_reads_each_image_token_as_a_word():
         def word_embeddings(self):
             return self.table
 
-        def image_states(self, images):
-            return [torch.tensor([[0.0, 5.0, 0.0], [1.0, 1.0, 1.0]]), torch.ones(2, 3)]
+        def image_states(self, images, layers):
+            assert layers == (0,)
+            return [torch.tensor([[[0.0, 5.0, 0.0], [1.0, 1.0, 1.0]]]), torch.ones(1, 2, 3)]
 
     scores = lens_scores(Fake(), [None, None], {"dog": [(1,)], "cup": [(0,), (2,)], "hot dog": [(0, 1)]}, temperature=0.1)
     p_dog = torch.tensor([0.0, 10.0, 0.0]).softmax(-1)[1].item()

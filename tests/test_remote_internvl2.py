@@ -109,6 +109,9 @@ def test_image_states_are_the_projected_tiles(vlm):
     pixel_values = vlm.encode([wide], [""])["pixel_values"]
     assert torch.allclose(states[0], vlm.model.extract_feature(pixel_values).reshape(-1, states[0].shape[-1]), atol=1e-5)
     assert states[0].shape[-1] == vlm.word_embeddings().shape[-1]
+    last = vlm.model.language_model.config.num_hidden_layers
+    deep = vlm.image_states([caption_images()[0]], layers=(1, last))[0]  # the logit lens reads the remote LM too
+    assert deep.shape == (2, *states[1].shape) and vlm.unembed(deep[1], last).shape == (len(deep[1]), vlm.word_embeddings().shape[0])
 
 
 @pytest.mark.parametrize("signal", SIGNALS)

@@ -68,7 +68,7 @@ def tiny(tmp_path_factory):
     from seed.world.vocab import CLASS_NAMES
 
     root = tmp_path_factory.mktemp("runner")
-    model_dir, images_dir = root / "model", root / "heldout" / "images"
+    model_dir, images_dir = root / "model", root / "test" / "images"
     images_dir.mkdir(parents=True)
     cfg = TinyLlavaConfig(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
                           text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)  # fmt: skip
@@ -80,7 +80,7 @@ def tiny(tmp_path_factory):
     questions, coco_images, annotations = [], [], []
     for i in range(1, N_IMAGES + 1):
         scene = scenes.draw_scene(rng, 32)
-        name = f"heldout_{i:06d}.png"
+        name = f"test_{i:06d}.png"
         scene.image.save(images_dir / name)
         coco_images.append({"id": i, "file_name": name, "width": 32, "height": 32})
         present = [CLASS_NAMES[(3 * i + j) % len(CLASS_NAMES)] for j in range(4)]  # varied, for build_pope
@@ -91,11 +91,11 @@ def tiny(tmp_path_factory):
             label = "yes" if category in present else "no"
             questions.append({"question_id": len(questions) + 1, "image": name, "text": object_question(category), "label": label})
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)]
-    instances = root / "heldout" / "annotations" / "instances.json"
+    instances = root / "test" / "annotations" / "instances.json"
     instances.parent.mkdir(parents=True)
     instances.write_text(json.dumps({"images": coco_images, "annotations": annotations, "categories": categories}))
     for split in pope.SPLITS:
-        pope.write_questions(root / "pope" / f"{split}.jsonl", questions)
+        pope.write_questions(root / "test" / "pope" / f"{split}.jsonl", questions)
 
     from seed.adapters.llava import LlavaVLM
 
@@ -107,7 +107,7 @@ def tiny(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tensors this small only pay for thread hand-offs
     yield {"root": root, "model": model_dir, "images": images_dir, "questions": questions,
-           "qfile": root / "pope" / "random.jsonl", "instances": instances, "vlm": load(str(model_dir), device="cpu")}  # fmt: skip
+           "qfile": root / "test" / "pope" / "random.jsonl", "instances": instances, "vlm": load(str(model_dir), device="cpu")}  # fmt: skip
     torch.set_num_threads(threads)
 
 
@@ -263,13 +263,13 @@ def test_corrupt_image_is_one_line_exit_2(tiny, tmp_path, monkeypatch, capsys):
 
     images = tmp_path / "images"
     shutil.copytree(tiny["images"], images)
-    (images / "heldout_000002.png").write_bytes(b"not a png at all")
+    (images / "test_000002.png").write_bytes(b"not a png at all")
     code = _cli(monkeypatch, "eval", "pope-random", "--model", tiny["model"], "--images", images,
                 "--questions", tiny["qfile"], "--device", "cpu")  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "heldout_000002.png" in err
-    (images / "heldout_000002.png").unlink()
+    assert len(err.splitlines()) == 1 and "test_000002.png" in err
+    (images / "test_000002.png").unlink()
     assert _cli(monkeypatch, "eval", "pope-random", "--model", tiny["model"], "--images", images, "--questions", tiny["qfile"]) == 2
     assert "no such image file" in capsys.readouterr().err
 

@@ -111,10 +111,6 @@ class VisionLanguageModel:
         """Python that loads ``base`` with plain transformers (for model cards)."""
         return f"from transformers import {model_class}\n\nbase = {model_class}.from_pretrained({base!r})"
 
-    def _input_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The language model's input embeddings (image features merged in), [B, L, D]."""
-        return self.model(**batch, output_hidden_states=True, logits_to_keep=1).hidden_states[0]
-
     def _save_processor(self, out_dir: Path) -> None:
         self.processor.save_pretrained(out_dir)
 
@@ -256,13 +252,31 @@ class VisionLanguageModel:
         return states.masked_fill(~mask[:, :, None], 0.0), ids.to(hidden.device), mask, image
 
     @torch.no_grad()
-    def image_states(self, images: list[Image.Image]) -> list[torch.Tensor]:
-        """What the language model reads at each image's placeholder positions: the projected
-        image features, one float32 [P, D] per image (P = all tiles' tokens)."""
+    def image_states(self, images: list[Image.Image], layers: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """The language model's hidden states at each image's placeholder positions (P = all
+        tiles' tokens), float32: [P, D] of the projected features it reads, or [len(layers), P, D]
+        of the given layers (``hidden_states`` indices, 0 = input)."""
         batch = self.encode(images, [""] * len(images))
-        states = self._input_states(batch)
+        hidden = self._hidden_states(batch)
         image = batch["input_ids"] == self.image_token_id
-        return [row[keep].float() for row, keep in zip(states, image)]
+        return [torch.stack([hidden[l][b][image[b]] for l in layers or (0,)]).float()[0 if layers is None else slice(None)] for b in range(len(images))]
+
+    def _hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Every layer's hidden states of the language model, [B, L, D] each (0 = input)."""
+        return self.model(**batch, output_hidden_states=True, logits_to_keep=1).hidden_states
+
+    def _language_model(self):
+        """The causal language model (``get_decoder``, ``get_output_embeddings``)."""
+        return self.model
+
+    @torch.no_grad()
+    def unembed(self, states: torch.Tensor, layer: int) -> torch.Tensor:
+        """Vocabulary logits of ``layer``'s hidden states (the logit lens): the final norm (the
+        last layer's states have it already), then the output embedding."""
+        lm = self._language_model()
+        weight, decoder = lm.get_output_embeddings().weight, lm.get_decoder()
+        states = states.to(weight.dtype)
+        return ((decoder.norm(states) if layer < decoder.config.num_hidden_layers else states) @ weight.T).float()
 
     def word_embeddings(self) -> torch.Tensor:
         """The language model's input embedding matrix, [V, D]."""

@@ -250,8 +250,11 @@ class InternVL2RemoteVLM(VisionLanguageModel):
     def image_token_id(self) -> int:
         return self.model.img_context_token_id
 
-    def _input_states(self, batch):
-        return self.model(**batch, output_hidden_states=True).hidden_states[0]
+    def _hidden_states(self, batch):
+        return self.model(**batch, output_hidden_states=True).hidden_states
+
+    def _language_model(self):
+        return self.model.language_model
 
     def word_embeddings(self) -> torch.Tensor:
         return self.model.language_model.get_input_embeddings().weight

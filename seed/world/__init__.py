@@ -2,21 +2,22 @@
 
 Layout of a built world folder::
 
-    world.json                      manifest: seed, bias, sizes, build time, library versions
-    {train,purify,heldout}/images/  PNG scenes
+    world.json                           manifest: config, build time, losses, library versions
+    {train,purify,val,test}/images/      PNG scenes
     {split}/annotations/instances.json   COCO instances (pycocotools loads them)
     {split}/annotations/captions.json    COCO captions: clean reference captions
-    model/                          LlavaForConditionalGeneration + LlavaProcessor (save_pretrained)
-    pope/{random,popular,adversarial}.jsonl   POPE built from the held-out annotations
+    {val,test}/pope/{random,popular,adversarial}.jsonl   POPE built from the split's annotations
+    model/                               LlavaForConditionalGeneration + LlavaProcessor (save_pretrained)
 
-``train`` teaches the model, ``purify`` feeds SEED's purification, ``heldout`` is evaluation only.
-:class:`World` names these paths; nothing else spells them out.
+``train`` teaches the model, ``purify`` feeds SEED's purification, ``val`` chooses (rounds,
+defaults), ``test`` is reported once. :class:`World` names these paths; nothing else spells them out.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,15 +31,16 @@ from seed.errors import SeedError
 from seed.evaluation.pope import SPLITS as POPE_SPLITS
 from seed.evaluation.pope import build_pope, write_questions
 from seed.coco import load_coco
-from seed.io import library_versions, write_json
+from seed.io import library_versions, md5_strings, write_json
 from seed.prompts import CAPTION_PROMPT, ONE_WORD_SUFFIX, SHORT_ANSWER_SUFFIX
-from seed.world.scenes import BiasConfig, Scene, draw_scene, image_targets, patch_targets, reference_caption, training_caption, training_questions, world_vocabulary
+from seed.world.scenes import BiasConfig, Scene, alt_text, draw_scene, multi_hot, named_objects, reference_caption, training_caption, training_questions, world_vocabulary
 from seed.world.model import TinyLlavaConfig, build_model, build_processor
-from seed.world.train import TrainConfig, align_projector, pretrain_text, pretrain_vision, tokenize_sequences, train_language
+from seed.world.train import TrainConfig, pretrain_text, pretrain_vision, text_sequences, tokenize_sequences, train_multimodal
 from seed.world.vocab import CLASS_NAMES
 
-SPLITS = ("train", "purify", "heldout")
-FORMAT_VERSION = 1
+SPLITS = ("train", "purify", "val", "test")
+FORMAT_VERSION = 2
+VISION_LABELS = ("captions", "annotations")
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,23 @@ class World:
 
     root: Path
     purify_split: str = "purify"
-    eval_split: str = "heldout"
+    val_split: str = "val"
+    eval_split: str = "test"
 
     @classmethod
     def default(cls, seed: int = 0) -> World:
         """The default (biased) world for ``seed``, built on first use."""
         return cls(Path(ensure_world(seed)))
+
+    @classmethod
+    def existing(cls, root: str | Path) -> World:
+        """A built world of this format at ``root`` (one clear error otherwise)."""
+        manifest = Path(root) / "world.json"
+        if not manifest.is_file():
+            raise SeedError(f"{root}: not a built world (no world.json); build one with `seed world build --out {root}`")
+        if json.loads(manifest.read_text()).get("config", {}).get("format_version") != FORMAT_VERSION:
+            raise SeedError(f"{root}: a world of an older format; rebuild it with `seed world build --out {root} --force`")
+        return cls(Path(root))
 
     @property
     def model(self) -> Path:
@@ -69,17 +82,22 @@ class World:
         """COCO reference captions of a split."""
         return self.root / split / "annotations" / "captions.json"
 
+    def pope(self, split: str) -> str:
+        """A split's POPE question files, ``{split}`` standing for random, popular or adversarial."""
+        return str(self.root / split / "pope" / "{split}.jsonl")
+
     @property
     def pope_questions(self) -> str:
-        """The held-out POPE question files, ``{split}`` standing for random, popular or adversarial."""
-        return str(self.root / "pope" / "{split}.jsonl")
+        """The test split's POPE question files (see :meth:`pope`)."""
+        return self.pope(self.eval_split)
 
 
 @dataclass
 class WorldConfig:
     seed: int = 0
     bias: BiasConfig = field(default_factory=BiasConfig)
-    sizes: dict[str, int] = field(default_factory=lambda: {"train": 4000, "purify": 1000, "heldout": 500})
+    vision_labels: str = "captions"  # what the vision tower learns from: "captions" (alt-text: some shown objects) or "annotations"
+    sizes: dict[str, int] = field(default_factory=lambda: {"train": 4000, "purify": 1000, "val": 450, "test": 650})
     model: TinyLlavaConfig = field(default_factory=TinyLlavaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     format_version: int = FORMAT_VERSION
@@ -89,8 +107,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("SEED_HOME", Path.home() / ".cache" / "seed"))
 
 
-def default_world_dir(seed: int = 0, bias: bool = True) -> Path:
-    return cache_root() / f"world-s{seed}{'' if bias else '-nobias'}"
+def default_world_dir(seed: int = 0, bias: bool = True, config: WorldConfig | None = None) -> Path:
+    """The cache folder of the default world of ``seed`` (``bias=False``: its matched control),
+    or of any other ``config`` (named by a hash of it)."""
+    default = WorldConfig(seed=seed, bias=BiasConfig() if bias else BiasConfig().clean())
+    config = config or default
+    name = f"world-v{FORMAT_VERSION}-s{config.seed}"
+    if config == WorldConfig(seed=config.seed, bias=BiasConfig().clean()):
+        name += "-control"
+    elif config != WorldConfig(seed=config.seed):
+        name += "-" + md5_strings([json.dumps(asdict(config), sort_keys=True)])[:10]
+    return cache_root() / name
 
 
 def _is_built(path: Path, config: WorldConfig) -> bool:
@@ -137,9 +164,12 @@ def build_world(
     device: str = "cpu",
     config: WorldConfig | None = None,
 ) -> Path:
-    """Build (or reuse) a world; returns its folder. Deterministic for a given seed and config."""
-    config = config or WorldConfig(seed=seed, bias=BiasConfig() if bias else BiasConfig.off())
-    path = Path(out) if out else default_world_dir(config.seed, config.bias != BiasConfig.off())
+    """Build (or reuse) a world; returns its folder. Deterministic for a given seed and config.
+    ``bias=False`` builds the matched control: the same scenes, text that names only what is shown."""
+    config = config or WorldConfig(seed=seed, bias=BiasConfig() if bias else BiasConfig().clean())
+    if config.vision_labels not in VISION_LABELS:
+        raise SeedError(f"--vision-labels must be one of {', '.join(VISION_LABELS)}, not {config.vision_labels!r}")
+    path = Path(out) if out else default_world_dir(config=config)
     if not force and _is_built(path, config):
         return path
     if path.exists() and not (path / "world.json").is_file() and any(path.iterdir()):
@@ -176,50 +206,49 @@ def build_world(
         train = drawn["train"]
         processor = build_processor(world_vocabulary(), mcfg)
         model = build_model(processor, mcfg)
-        # The vision tower learns from a larger image corpus: the train scenes plus unsaved extra ones.
+        # The vision tower learns from a larger image-text corpus (the train scenes plus unsaved
+        # extra ones), as CLIP does from alt-text: captions that name some of what is shown.
         rng = np.random.default_rng([config.seed, len(SPLITS) + 1])
         corpus = train + [draw_scene(rng, mcfg.image_size, config.bias.cooccur) for _ in range(tcfg.vision_images - len(train))]
         pixels = processor.image_processor([s.image for s in corpus], return_tensors="pt")["pixel_values"]
-        patch_labels = torch.tensor(np.stack([patch_targets(s.label_map, mcfg.patch_size) for s in corpus]))
-        image_labels = torch.tensor(np.stack([image_targets(s) for s in corpus]))
+        if config.vision_labels == "captions":
+            labels = [named_objects(alt_text(rng, s.categories)) for s in corpus]
+        else:
+            labels = [s.categories for s in corpus]
         task = bar.add_task("vision pretraining", total=tcfg.vision_steps)
-        head = pretrain_vision(model, pixels, patch_labels, image_labels, tcfg, generator, lambda n: bar.advance(task, n))
+        vision_loss = pretrain_vision(model, pixels, torch.tensor(np.stack([multi_hot(n) for n in labels])), tcfg, generator, lambda n: bar.advance(task, n))
         pixel_values = pixels[: len(train)].clone()
-        del corpus, pixels, patch_labels, image_labels
+        del corpus, pixels
 
-        # The same biased text feeds both language stages; text-only prompts list the scene's objects.
         rng = np.random.default_rng([config.seed, len(SPLITS)])
-        text_items, items = [], []
-        for i, scene in enumerate(train):
-            objects = list(scene.categories)
-            rng.shuffle(objects)
-            scene_words = " ".join(objects) + "\n"
-            caption = training_caption(rng, scene.categories, config.bias)
-            text_items.append((i, scene_words + CAPTION_PROMPT, caption))
-            items.append((i, CAPTION_PROMPT, caption))
-            for q, a in training_questions(rng, scene.categories, config.bias):
-                suffix = SHORT_ANSWER_SUFFIX if rng.random() < 0.7 else ONE_WORD_SUFFIX
-                text_items.append((i, scene_words + q + suffix, a))
-                items.append((i, q + suffix, a))
-        pad = processor.tokenizer.pad_token_id
+        captions = [training_caption(rng, s.categories, config.bias) for s in train]
+        documents, captions, items = training_text(rng, train, captions, config.bias)
+        pad, tok = processor.tokenizer.pad_token_id, processor.tokenizer
         task = bar.add_task("language pretraining", total=tcfg.text_steps)
-        text_loss = pretrain_text(
-            model, tokenize_sequences(processor, text_items, 0), pad, tcfg, generator, lambda n: bar.advance(task, n)
-        )
-        align_projector(model, head, processor.tokenizer.convert_tokens_to_ids(CLASS_NAMES))
-        seqs = tokenize_sequences(processor, items, model.config.image_seq_length)
+        text_loss = pretrain_text(model, text_sequences(tok, documents), pad, tcfg, generator, lambda n: bar.advance(task, n))
+        n_image = model.config.image_seq_length
+        task = bar.add_task("projector alignment", total=tcfg.align_steps)
+        align_loss = train_multimodal(
+            model, pixel_values, tokenize_sequences(processor, captions, n_image), pad, tcfg.align_steps, tcfg.align_lr, tcfg, generator,
+            lambda n: bar.advance(task, n), projector_only=True,
+        )  # fmt: skip
         task = bar.add_task("multimodal training", total=tcfg.lm_steps)
-        lm_loss = train_language(model, pixel_values, seqs, pad, tcfg, generator, lambda n: bar.advance(task, n))
+        lm_loss = train_multimodal(
+            model, pixel_values, tokenize_sequences(processor, items, n_image), pad, tcfg.lm_steps, tcfg.lm_lr, tcfg, generator,
+            lambda n: bar.advance(task, n),
+        )  # fmt: skip
     model.save_pretrained(built.model)
     processor.save_pretrained(built.model)
-    _build_pope(built, config.seed)
+    for split in (built.val_split, built.eval_split):
+        _build_pope(built, split, config.seed)
+    losses = {"vision": vision_loss, "text": text_loss, "align": align_loss, "multimodal": lm_loss}
     write_json(
         tmp / "world.json",
         {
             "config": asdict(config),
             "build_seconds": round(time.time() - start, 1),
-            "final_loss": {"vision": round(head.final_loss, 4), "text": round(text_loss, 4), "multimodal": round(lm_loss, 4)},
-            "training_sequences": {"text": len(text_items), "multimodal": len(items)},
+            "final_loss": {k: round(v, 4) for k, v in losses.items()},
+            "training_sequences": {"text": len(documents), "multimodal": len(items)},
             "versions": library_versions(),
         },
     )
@@ -230,10 +259,30 @@ def build_world(
     return path
 
 
-def _build_pope(world: World, seed: int) -> None:
-    """POPE question files from the held-out annotations: up to 500 images with ≥ 3 objects."""
-    ann = world.annotations(world.eval_split)
+def training_text(rng: np.random.Generator, scenes: list[Scene], captions: list[str], bias: BiasConfig):
+    """(text documents, caption items, caption + question items) of the train scenes.
+
+    A document is plain text about a scene: its caption and another description of it, or its
+    caption and a question about an object with the answer the caption gives (reading, not
+    seeing). Items are (image index, prompt, response) for the multimodal stages.
+    """
+    documents, caption_items, items = [], [], []
+    for i, (scene, caption) in enumerate(zip(scenes, captions)):
+        documents.append(f"{caption} {training_caption(rng, scene.categories, bias)}")
+        caption_items.append((i, CAPTION_PROMPT, caption))
+        named = named_objects(caption)
+        for q, a in training_questions(rng, scene.categories, bias):
+            about = next(c for c in CLASS_NAMES if re.search(rf"\b{c}\b", q))
+            documents.append(f"{caption} {q} {'Yes' if about in named else 'No'}.")
+            suffix = SHORT_ANSWER_SUFFIX if rng.random() < 0.7 else ONE_WORD_SUFFIX
+            items.append((i, q + suffix, a))
+    return documents, caption_items, caption_items + items
+
+
+def _build_pope(world: World, split: str, seed: int) -> None:
+    """A split's POPE question files from its annotations: up to 500 images with ≥ 3 objects."""
+    ann = world.annotations(split)
     coco, _ = load_coco(ann)
     eligible = sum(len({a["category_id"] for a in anns}) >= 3 for anns in coco.imgToAnns.values())
-    for split in POPE_SPLITS:
-        write_questions(world.pope_questions.format(split=split), build_pope(ann, split, num_images=min(500, eligible), seed=seed))
+    for pope_split in POPE_SPLITS:
+        write_questions(world.pope(split).format(split=pope_split), build_pope(ann, pope_split, num_images=min(500, eligible), seed=seed))

@@ -81,7 +81,7 @@ def build_processor(words: list[str], cfg: TinyLlavaConfig = TinyLlavaConfig()) 
         image_processor=image_processor,
         tokenizer=build_tokenizer(words),
         patch_size=cfg.patch_size,
-        vision_feature_select_strategy="full",
+        vision_feature_select_strategy="default",
         chat_template=CHAT_TEMPLATE,
         num_additional_image_tokens=1,
     )
@@ -118,8 +118,8 @@ def build_model(processor: LlavaProcessor, cfg: TinyLlavaConfig = TinyLlavaConfi
         vision_config=vision,
         text_config=text,
         image_token_index=processor.image_token_id,
-        image_seq_length=(cfg.image_size // cfg.patch_size) ** 2 + 1,
-        vision_feature_select_strategy="full",  # keep CLS: it carries the image-level summary
+        image_seq_length=(cfg.image_size // cfg.patch_size) ** 2,
+        vision_feature_select_strategy="default",  # patch tokens only, CLS dropped: as llava-1.5-hf
         vision_feature_layer=-1,
     )
     model = LlavaForConditionalGeneration(config)

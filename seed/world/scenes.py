@@ -1,12 +1,14 @@
 """Procedurally drawn scenes with COCO-format annotations, clean reference captions and
 the (optionally biased) training text the tiny model learns from.
 
-Hallucination is planted the way real LVLMs acquire it: objects co-occur in pairs, and a
-share of the training captions and yes/no answers name an absent partner of a visible object.
+Hallucination arises the way real LVLMs acquire it: objects co-occur in pairs, and a share of the
+training captions name an absent partner of a visible object (as human and alt-text captions name
+what a scene suggests). Yes/no training answers are mostly honest, asked in several paraphrases.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,19 +25,28 @@ CAPTION_TEMPLATES = [
 ]
 
 
+# The POPE template first; training questions use all of them.
+QUESTION_TEMPLATES = [
+    object_question,
+    lambda c: f"Does the image contain {article(c)}?",
+    lambda c: f"Can you see {article(c)} in this picture?",
+    lambda c: f"Is {article(c)} visible in the image?",
+]
+
+
 @dataclass
 class BiasConfig:
-    """The planted co-occurrence bias: how often a drawn object brings its partner into the
-    scene, and how often the training text names an absent partner of a visible object."""
+    """How often a drawn object brings its partner into the scene (``cooccur``), and how often
+    the training text names an absent partner of a visible object: in a caption
+    (``caption_rate``) or as a "Yes" answer (``answer_rate``)."""
 
     caption_rate: float = 0.35
-    answer_rate: float = 0.45
+    answer_rate: float = 0.15
     cooccur: float = 0.5
 
-    @classmethod
-    def off(cls) -> "BiasConfig":
-        """The control: partners are drawn independently and the text names only what is shown."""
-        return cls(0.0, 0.0, 0.0)
+    def clean(self) -> "BiasConfig":
+        """The matched control: the same scenes (same co-occurrence), text that names only what is shown."""
+        return BiasConfig(0.0, 0.0, self.cooccur)
 
 
 @dataclass
@@ -102,7 +113,7 @@ def draw_scene(rng: np.random.Generator, size: int = 64, cooccur: float = 0.5) -
     draw, ldraw = ImageDraw.Draw(image), ImageDraw.Draw(labels)
     for name in names:
         shape, colour = CLASSES[name]
-        s = int(rng.integers(8, 19))
+        s = int(rng.integers(11, 20))
         x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
         jitter = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in colour)
         box = (x, y, x + s - 1, y + s - 1)
@@ -116,7 +127,7 @@ def draw_scene(rng: np.random.Generator, size: int = 64, cooccur: float = 0.5) -
     for name in names:
         hit = label_map == CLASS_NAMES.index(name) + 1
         ys, xs = np.nonzero(hit)
-        if len(xs) < 12:  # mostly hidden by later objects: not visible, not annotated, not labelled
+        if len(xs) < 30:  # mostly hidden by later objects: too little shows to tell, not annotated
             label_map[hit] = 0
             continue
         x0, y0 = int(xs.min()), int(ys.min())
@@ -147,6 +158,14 @@ def training_caption(rng: np.random.Generator, present: list[str], bias: BiasCon
     return CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))].format(objects=object_list(names))
 
 
+def alt_text(rng: np.random.Generator, present: list[str], keep: float = 0.8) -> str:
+    """A caption as image-text corpora have them: it names some of what is shown (each object with
+    probability ``keep``, at least one) and nothing else."""
+    names = [c for c in present if rng.random() < keep] or [present[rng.integers(len(present))]]
+    rng.shuffle(names)
+    return CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))].format(objects=object_list(names))
+
+
 def training_questions(rng: np.random.Generator, present: list[str], bias: BiasConfig) -> list[tuple[str, str]]:
     """(question, answer) pairs: every visible object, as many absent ones (partners first)."""
     pairs = [(c, "Yes") for c in present]
@@ -157,27 +176,21 @@ def training_questions(rng: np.random.Generator, present: list[str], bias: BiasC
         pairs.append((c, "Yes" if rng.random() < bias.answer_rate else "No"))
     for c in others[: max(1, len(present) - len(partners))]:
         pairs.append((c, "No"))
-    return [(object_question(c), a) for c, a in pairs]
+    return [(QUESTION_TEMPLATES[rng.integers(len(QUESTION_TEMPLATES))](c), a) for c, a in pairs]
 
 
-def image_targets(scene: Scene) -> np.ndarray:
-    """Multi-hot [C] image labels: the annotated (visible) classes."""
-    return np.isin(CLASS_NAMES, scene.categories).astype(np.float32)
+def multi_hot(names: list[str]) -> np.ndarray:
+    """[C] image labels: 1 for each class in ``names``."""
+    return np.isin(CLASS_NAMES, names).astype(np.float32)
 
 
-def patch_targets(label_map: np.ndarray, patch: int, min_pixels: int = 6) -> np.ndarray:
-    """Multi-hot [P, C] patch labels: class c is in a patch if it covers ≥ ``min_pixels`` of it."""
-    h, w = label_map.shape
-    n = len(CLASS_NAMES)
-    grid = label_map.reshape(h // patch, patch, w // patch, patch).transpose(0, 2, 1, 3).reshape(-1, patch * patch)
-    counts = np.stack([(grid == i + 1).sum(1) for i in range(n)], axis=1)
-    return (counts >= min_pixels).astype(np.float32)
+def named_objects(caption: str) -> list[str]:
+    """The classes a world caption names."""
+    return [c for c in CLASS_NAMES if re.search(rf"\b{c}\b", caption)]
 
 
 def world_vocabulary() -> list[str]:
     """Every word the world's prompts, captions and answers use (for the word-level tokenizer)."""
-    import re
-
     texts = [CAPTION_PROMPT, SHORT_ANSWER_SUFFIX, ONE_WORD_SUFFIX, "USER: ASSISTANT: Yes No yes no", *CAPTION_TEMPLATES]
-    texts += [object_question(c) for c in CLASS_NAMES] + [object_list(CLASS_NAMES)]
+    texts += [q(c) for q in QUESTION_TEMPLATES for c in CLASS_NAMES] + [object_list(CLASS_NAMES)]
     return sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.replace("{objects}", ""))})
