@@ -41,7 +41,7 @@ class BiasConfig:
     (``caption_rate``) or as a "Yes" answer (``answer_rate``)."""
 
     caption_rate: float = 0.35
-    answer_rate: float = 0.15
+    answer_rate: float = 0.1
     cooccur: float = 0.5
 
     def clean(self) -> "BiasConfig":
