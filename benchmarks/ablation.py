@@ -43,7 +43,7 @@ def main() -> None:
     spec = ModelSpec(args.model, None, args.device, args.dtype)
     evolve_config = EvolveConfig(
         images=args.images, eval_images=args.eval_images, eval_annotations=args.eval_annotations,
-        pope_images=args.pope_images, chair_images=args.chair_images,
+        pope_images=args.pope_images, chair_images=args.chair_images, select="last",  # one round each: nothing to choose
     )  # fmt: skip
     spec, data = resolve_datasets(spec, evolve_config)
     train = DistillConfig(

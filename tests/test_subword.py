@@ -147,7 +147,7 @@ def test_one_evolve_round_on_a_llava15_shaped_model(llava15_dir, tmp_path):
         rounds=1, images=str(folders["purify"]), annotations=str(purify_truth), eval_images=str(folders["eval"]),
         eval_annotations=str(tmp_path / "eval.json"), pope_images=3, chair_images=3,
         distill=DistillConfig(max_steps=2, batch_size=4),
-        purify=PurifyConfig(IdentifyConfig(signals=("oracle",), categories=tuple(OBJECTS)), batch_size=8),
+        purify=PurifyConfig(IdentifyConfig(signals=("oracle",), categories=tuple(OBJECTS)), batch_size=8), select="last",
     )  # fmt: skip
     history = evolve(ModelSpec(str(llava15_dir), device="cpu"), out=tmp_path / "run", config=config)
     assert [e["round"] for e in history["rounds"]] == [0, 1] and (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
