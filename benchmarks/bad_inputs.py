@@ -197,7 +197,7 @@ CASES = [
     ("detect --model without --images", "detect --model $T/llava --captions $T/captions/ok.jsonl"),
     ("detect --identify oracle", f"{DETECT}/ok.jsonl --identify oracle"),
     ("detect --batch-size 0", f"{DETECT}/ok.jsonl --batch-size 0"),
-    ("detect --detector folder missing", f"{DETECT}/ok.jsonl --detector $T/no-such-detector"),
+    ("detect --identify detector: folder missing", f"{DETECT}/ok.jsonl --identify detector:$T/no-such-detector"),
     ("detect --output is an existing folder", f"{DETECT}/ok.jsonl --output $T/a-folder"),
     ("detect --annotations file missing", f"{DETECT}/ok.jsonl --annotations $T/no-such.json"),
     ("detect train --teacher oracle", "detect train --model $T/llava --images $T/images --teacher oracle --out $T/det"),

@@ -6,7 +6,7 @@ own greedy captions, and captions of the matched control world's model (``seed w
 --no-bias``), so that the detector also judges captions that are not its own. For each: AUROC,
 F1 of h > τ, and captions per second (teacher and student).
 
-    python benchmarks/detect.py [--train-images 400] [--detector runs/detector]
+    python benchmarks/detect.py [--train-images N] [--detector runs/detector]
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from seed.adapters import load
-from seed.config import DetectConfig, DetectorConfig
-from seed.detection import detect, detection_metrics
-from seed.detector import train_detector
+from seed.config import DetectConfig, DetectorConfig, IdentifyConfig
+from seed.detection import detect, detection_metrics, train_detector
 from seed.io import image_files, open_image
 from seed.prompts import CAPTION_PROMPT
 from seed.world import World, build_world
@@ -40,7 +39,7 @@ def captions_of(vlm, folder: Path, limit: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train-images", type=int, default=400)
+    ap.add_argument("--train-images", type=int, default=DetectorConfig().images)
     ap.add_argument("--captions", type=int, default=500, help="held-out images captioned by each model")
     ap.add_argument("--detector", type=Path, help="a trained detector folder (default: train one into runs/detector)")
     args = ap.parse_args()
@@ -60,7 +59,7 @@ def main() -> None:
         table.add_column(column, justify="left" if column in ("captions", "detector") else "right")
     for source, records in sources.items():
         rows = []
-        for name, config in (("teacher", DetectConfig(teacher)), ("student", DetectConfig(detector=str(detector))), ("all signals", DetectConfig(everything))):
+        for name, config in (("teacher", DetectConfig(teacher)), ("student", DetectConfig(IdentifyConfig(signals=(f"detector:{detector}",)))), ("all signals", DetectConfig(everything))):
             start = time.perf_counter()
             results = detect(vlm, records, heldout, config)
             speed = len(records) / (time.perf_counter() - start)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -313,8 +314,9 @@ def detect_command(
 ) -> None:
     """Which objects in each caption are hallucinated: every identification signal's score per object, their
     combined probability and a flag; with --annotations, how well each signal detects absent objects."""
+    from seed.coco import objects_by_file
     from seed.detection import detect, detection_metrics
-    from seed.io import write_json, write_jsonl
+    from seed.io import check_output, write_json, write_jsonl
     from seed.report import detection_table
 
     if context.invoked_subcommand is not None:
@@ -326,6 +328,10 @@ def detect_command(
         if world is None:
             raise SeedError("detect needs --images DIR with --model")
         images = world.images(world.eval_split)
+    if output is not None:
+        check_output(output)
+    if annotations is not None:
+        objects_by_file(annotations)  # a missing or broken file is refused before any work
     results = detect(model, captions, images, config)
     flagged = sum(o["flagged"] for r in results for o in r["options"])
     _say(f"{len(results)} captions, {sum(len(r['options']) for r in results)} objects judged, {flagged} flagged")
@@ -350,23 +356,38 @@ def detect_train_command(
 ) -> None:
     """Distil the multi-signal identification into a one-pass detector: a head on the model's hidden states at
     each mention, learnt from unlabelled images (first the teacher's image-level object scores, then its scores of
-    the objects the model's own captions name). Use it with `seed detect --detector OUT`."""
+    the objects the model's own captions name). Use it as a signal: `--identify detector:OUT` in seed detect, purify and evolve."""
     from seed.adapters import load_spec
-    from seed.detector import train_detector
+    from seed.detection import train_detector
+    from seed.detector import CONFIG_FILE
+    from seed.io import check_replaceable
 
     if images is None and model.model is not None:
         raise SeedError("detect train needs --images DIR with --model")
     model, world = _on_world(model)
+    check_replaceable(out, CONFIG_FILE)
     stats = train_detector(load_spec(model), images or world.images(world.purify_split), out, config)
     _say(f"wrote {out}: {stats['images']} images, {stats['coarse_examples']} + {stats['fine_examples']} examples, {stats['seconds']} s")
 
 
 def main() -> None:
-    """Console entry point: user mistakes become one line on stderr and exit code 2, and so do
-    the OS errors (a full disk, a folder without write permission) that no reader or writer
+    """Console entry point: user mistakes (usage errors included) become one line on stderr and
+    exit code 2, and so do the OS errors (a full disk, a folder without write permission) that no reader or writer
     turned into one first."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # the click that typer vendors
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notes are for developers
     try:
-        app()
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as e:  # `seed` or `seed eval` alone: the help, as before
+        print(e.format_message())
+        sys.exit(2)
+    except typer.Abort:
+        console.print("[bold red]error:[/] interrupted", highlight=False)
+        sys.exit(130)
+    except ClickException as e:  # usage mistakes: an unknown command or option, a value of the wrong type
+        console.print(f"[bold red]error:[/] {markup.escape(e.format_message())}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except SeedError as e:
         console.print(f"[bold red]error:[/] {markup.escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -374,3 +395,4 @@ def main() -> None:
         where = f"{e.filename}: " if e.filename else ""
         console.print(f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

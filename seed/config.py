@@ -7,6 +7,7 @@ This module imports nothing heavy, so that ``seed --help`` stays quick.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from seed.errors import SeedError
 from seed.prompts import PROTOCOLS
@@ -79,7 +80,7 @@ class Decoding:
 class IdentifyConfig:
     """Which signals score the objects of an image, and where a score becomes a flag."""
 
-    signals: tuple[str, ...] = field(default=("self-probe", "lens"), metadata={"help": f"Signals that flag hallucinated objects: {', '.join(SIGNALS)}."})
+    signals: tuple[str, ...] = field(default=("self-probe", "lens"), metadata={"help": f"Signals that flag hallucinated objects: {', '.join(SIGNALS)}, detector:DIR."})
     tau: float = field(default=0.5, metadata={"help": "Flag a category when its hallucination score h > tau (affirm it when h < 1 - tau)."})
     probe_offset: float = field(default=0.0, metadata={"help": "A self-probe yes-margin below this counts against the object."})
     probe_scale: float = field(default=1.0, metadata={"help": "Yes-margin units that move the self-probe's h from 0.5 to σ(1)."})
@@ -95,9 +96,12 @@ class IdentifyConfig:
 
     def __post_init__(self) -> None:
         self.signals = tuple(self.signals)
-        unknown = [s for s in self.signals if s not in SIGNALS]
+        unknown = [s for s in self.signals if s not in SIGNALS and not s.startswith("detector:")]
         if unknown or not self.signals:
-            raise SeedError(f"--identify takes {', '.join(SIGNALS)}; got {', '.join(unknown) or 'nothing'}")
+            raise SeedError(f"--identify takes {', '.join(SIGNALS)} or detector:DIR; got {', '.join(unknown) or 'nothing'}")
+        missing = next((s for s in self.signals if s.startswith("detector:") and not Path(s.removeprefix("detector:")).is_dir()), None)
+        if missing:
+            raise SeedError(f"--identify {missing}: no such folder (train one with seed detect train --out DIR)")
         _at_least(1, samples=self.samples)
         _at_least(0, questions_per_image=self.questions_per_image)
         if not 0 <= self.tau <= 1:
@@ -363,17 +367,13 @@ class DetectConfig:
     """How ``seed detect`` judges the objects a caption names."""
 
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
-    detector: str | None = field(
-        default=None, metadata={"help": "A distilled detector folder (seed detect train): judge in one pass per caption instead of the signals."}
-    )
     batch_size: int = field(default=16, metadata={"help": "Captions per batch."})
     max_new_tokens: int = field(default=128, metadata={"help": "Longest sampled caption (the consistency signal)."})
 
     def __post_init__(self):
         if "oracle" in self.identify.signals:
             raise SeedError("seed detect judges captions without labels: --identify oracle is what --annotations scores against")
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise SeedError("--batch-size and --max-new-tokens must be at least 1")
+        _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
 
 
 @dataclass
@@ -385,10 +385,10 @@ class DetectorConfig:
         metadata={"help": "The identification the detector learns from (its signals, pool, τ)."},
     )
     layer: int | None = field(default=None, metadata={"help": "Hidden-state layer the head reads (default: the middle of the language model)."})
-    images: int = field(default=400, metadata={"help": "Unlabelled images to learn from (at most)."})
-    coarse_steps: int = field(default=300, metadata={"help": "Steps on the teacher's image-level object scores."})
-    fine_steps: int = field(default=300, metadata={"help": "Steps on the teacher's scores of the objects the model's own captions name."})
-    lr: float = field(default=1e-2, metadata={"help": "Learning rate of the head."})
+    images: int = field(default=1000, metadata={"help": "Unlabelled images to learn from (at most)."})
+    coarse_steps: int = field(default=1000, metadata={"help": "Steps on the teacher's image-level object scores."})
+    fine_steps: int = field(default=1000, metadata={"help": "Steps on the teacher's scores of the objects the model's own captions name."})
+    lr: float = field(default=1e-3, metadata={"help": "Learning rate of the head."})
     batch_size: int = field(default=16, metadata={"help": "Images per teacher batch."})
     max_new_tokens: int = field(default=128, metadata={"help": "Longest caption the model writes for the fine stage."})
     seed: int = field(default=0, metadata={"help": "Seed of the head's initialisation and the sampled signals."})

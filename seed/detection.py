@@ -6,24 +6,35 @@ Each option gets every selected identification signal's h (:func:`seed.identify.
 contrast and uncertainty read the caption's own mention of it) and their product of experts,
 the hallucination probability; ``flagged`` is probability > τ. With COCO annotations, each
 signal is scored as a detector of absent objects (:func:`detection_metrics`).
+
+``seed detect train`` (:func:`train_detector`) distils the slow identification (self-probe, lens,
+sampled-caption consistency, masked-view evidence on unlabelled images) into the one-pass
+:class:`~seed.detector.Detector`, coarse to fine: first the teacher's image-level object scores
+(read at "There is a {object}." for every object of the pool), then its scores of the objects the
+model's own captions name.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from seed.adapters import VisionLanguageModel, load_spec
-from seed.config import DetectConfig, ModelSpec
-from seed.detector import Detector
-from seed.errors import SeedError
-from seed.identify import combine, informative, signal_scores, yes_margin
+from seed.adapters.hea import base_fingerprint
 from seed.coco import objects_by_file
-from seed.io import LazyImages, check_images, read_records
+from seed.config import DetectConfig, DetectorConfig, ModelSpec
+from seed.detector import CONFIG_FILE, Detector, Head, mention_features, stack_examples, template
+from seed.errors import SeedError
+from seed.identify import check_identification, combine, informative, signal_scores, yes_margin
+from seed.io import LazyImages, check_images, check_replaceable, image_files, open_image, read_records
 from seed.isolate import SurfaceBans
 from seed.lexicon import ObjectLexicon
+from seed.prompts import CAPTION_PROMPT
 
 
 def read_caption_records(source: str | Path | Sequence[dict], lexicon: ObjectLexicon) -> list[dict]:
@@ -61,36 +72,23 @@ def detect(
     records = read_caption_records(captions, lexicon)
     check_images(images, [r["image"] for r in records])
     vlm = load_spec(model) if isinstance(model, ModelSpec) else model
-    student = Detector.load(config.detector, vlm, lexicon) if config.detector else None
+    check_identification(vlm, config.identify, lexicon)
     bans = SurfaceBans(vlm.tokenizer, lexicon, {c for r in records for c in r["options"]})
     out = []
     for start in range(0, len(records), config.batch_size):
         batch = records[start : start + config.batch_size]
-        out += _student_batch(vlm, student, batch, images, config) if student else _detect_batch(vlm, batch, images, config, lexicon, bans)
+        out += _detect_batch(vlm, batch, images, config, lexicon, bans)
     return out
-
-
-def _student_batch(vlm, student: Detector, records: list[dict], folder, config: DetectConfig) -> list[dict]:
-    """The distilled detector's judgement: one teacher-forced pass per caption."""
-    loaded = LazyImages(folder, [r["image"] for r in records])
-    probs = student.probabilities(vlm, [loaded[i] for i in range(len(records))], [r["caption"] for r in records], [r["options"] for r in records])
-    return [
-        {"image": r["image"], "caption": r["caption"], "options": [
-            {"object": c, "probability": p[c], "flagged": p[c] > config.identify.tau, "signals": {"detector": p[c]}} for c in r["options"] if c in p
-        ]}  # fmt: skip
-        for r, p in zip(records, probs)
-    ]
 
 
 def _detect_batch(vlm, records: list[dict], folder, config: DetectConfig, lexicon, bans) -> list[dict]:
     loaded = LazyImages(folder, [r["image"] for r in records])
     images = [loaded[i] for i in range(len(records))]
     pools = [r["options"] for r in records]
-    flat = yes_margin(vlm, [im for im, pool in zip(images, pools) for _ in pool], [c for pool in pools for c in pool], config.batch_size * 4)
-    margins, k = [], 0
-    for pool in pools:
-        margins.append(dict(zip(pool, flat[k : k + len(pool)].tolist())))
-        k += len(pool)
+    margins = [dict.fromkeys(pool, 0.0) for pool in pools]  # the pools; the self-probe's margins when it is asked for
+    if "self-probe" in config.identify.signals:
+        flat = iter(yes_margin(vlm, [im for im, pool in zip(images, pools) for _ in pool], [c for pool in pools for c in pool], config.batch_size * 4).tolist())
+        margins = [{c: next(flat) for c in pool} for pool in pools]
     captions = [r["caption"] for r in records]
     by_signal = signal_scores(vlm, images, captions, pools, margins, config.identify, lexicon, bans, None, config.max_new_tokens)
     kept = {name: scores for name, scores in by_signal.items() if informative(scores)}
@@ -140,3 +138,73 @@ def detection_metrics(results: Sequence[dict], annotations: str | Path, tau: flo
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         metrics[name] = {"auroc": auroc(scores, labels), "precision": precision, "recall": recall, "f1": f1, "n": len(pairs), "hallucinated": positives}
     return metrics
+
+
+# --------------------------------------------------------------------------- seed detect train
+def teacher_examples(vlm, images: list[Image.Image], config: DetectorConfig, lexicon, bans, pool: list[str], layer: int):
+    """(coarse, fine) lists of (mention state, image states, teacher h) for a batch of unlabelled images."""
+    n = len(images)
+    captions = vlm.generate(images, [CAPTION_PROMPT] * n, max_new_tokens=config.max_new_tokens)
+    flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], config.batch_size * 4)
+    margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
+    asked = [sorted({m.category for m in lexicon.find(c)} & set(pool)) for c in captions]
+    by_signal = signal_scores(vlm, images, captions, asked, margins, config.teacher, lexicon, bans, None, config.max_new_tokens)
+    teacher = [combine([scores[i] for scores in by_signal.values()]) for i in range(n)]
+    coarse, fine = [], []
+    for i, image in enumerate(images):  # "There is a {c}." for every object of the pool, in one batch per image
+        for (named, states), c in zip(mention_features(vlm, [image] * len(pool), [template(c) for c in pool], lexicon, layer), pool):
+            if c in named:
+                coarse.append((named[c], states, teacher[i][c]))
+    for (named, states), h in zip(mention_features(vlm, images, captions, lexicon, layer), teacher):
+        fine += [(m, states, h[c]) for c, m in named.items() if c in h]
+    return coarse, fine
+
+
+def train_detector(vlm, images: str | Path, out: str | Path, config: DetectorConfig | None = None, lexicon: ObjectLexicon | None = None) -> dict:
+    """Distil the teacher into a head on ``vlm``'s hidden states, from the images of a folder
+    (no labels read); save it to ``out``; return what it learned from."""
+    config, lexicon = config or DetectorConfig(), lexicon or ObjectLexicon.default(None)
+    check_replaceable(out, CONFIG_FILE)
+    check_identification(vlm, config.teacher, lexicon)
+    files = image_files(images)[: config.images]
+    if not files:
+        raise SeedError(f"{images}: no images to learn from")
+    start = time.time()
+    torch.manual_seed(config.seed)
+    bans = SurfaceBans(vlm.tokenizer, lexicon, config.teacher.categories or lexicon.categories)
+    pool = list(config.teacher.categories or sorted(bans.category_ids()))
+    layers = vlm.text_layers
+    layer = config.layer if config.layer is not None else layers // 2
+    coarse, fine = [], []
+    for k in range(0, len(files), config.batch_size):
+        c, f = teacher_examples(vlm, [open_image(p) for p in files[k : k + config.batch_size]], config, lexicon, bans, pool, layer)
+        coarse, fine = coarse + c, fine + f
+    if not coarse:
+        raise SeedError("the teacher gave the detector nothing to learn from (no object the tokenizer can spell?)")
+    head = Head(coarse[0][0].shape[0])
+    states = torch.stack([m for m, _, _ in coarse + fine])
+    head.mean.copy_(states.mean(0))
+    head.std.copy_(states.std(0).clamp_min(1e-6))
+    losses = {stage: _fit(head, examples, steps, config.lr)
+              for stage, examples, steps in (("coarse", coarse, config.coarse_steps), ("fine", fine, config.fine_steps))}  # fmt: skip
+    meta = {"base_model": vlm.name_or_path, **base_fingerprint(vlm.name_or_path), "config": asdict(config), "pool": pool}
+    stats = {"images": len(files), "coarse_examples": len(coarse), "fine_examples": len(fine), "losses": losses, "seconds": round(time.time() - start, 1)}
+    Detector(head, layer, lexicon, {**meta, "trained": stats}).save(out)
+    return stats
+
+
+def _fit(head: Head, examples, steps: int, lr: float, batch: int = 512) -> float | None:
+    """Adam on the binary cross-entropy against the teacher's soft labels, in random minibatches;
+    the last loss."""
+    if not examples or not steps:
+        return None
+    m, image, keep, y = stack_examples(examples)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    for _ in range(steps):
+        rows = torch.randint(len(y), (min(batch, len(y)),))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(m[rows], image[rows], keep[rows]), y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head.eval()
+    return loss.item()

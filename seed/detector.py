@@ -1,35 +1,36 @@
-"""A hallucination detector distilled from the multi-signal identification (HKD4VLM's idea).
+"""The distilled hallucination detector (HKD4VLM's idea), an identification signal (``detector:DIR``).
 
-The teacher is the slow identification (:mod:`seed.identify`: self-probe, lens, sampled-caption
-consistency, masked-view evidence) run on unlabelled images. The student is a small head on the
-language model's own hidden states from ONE teacher-forced pass over the caption: the state at
-the last token of an object's mention queries the image tokens' states (one attention head),
-and a logistic layer reads the mention with what it found. It learns coarse to fine: first the teacher's image-level
-object scores (read at "There is a {object}." for every object of the pool), then the teacher's
-scores of the objects the model's own captions name. It saves as safetensors + a config, and
-loads only onto the base it was trained on.
+A small head on the language model's own hidden states from ONE teacher-forced pass over the
+caption: the state at the last token of an object's mention queries the image tokens' states
+(one attention head), and a logistic layer reads the mention with what it found. It is trained
+(:func:`seed.detection.train_detector`) on the slow multi-signal identification's scores of
+unlabelled images, saves as safetensors + a config, and loads only onto the base it was trained on.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from seed.adapters.hea import base_fingerprint
-from seed.config import DetectorConfig
 from seed.errors import SeedError
-from seed.identify import combine, find_mentions, signal_scores, yes_margin
-from seed.io import image_files, open_image, write_dir_atomically, write_json
-from seed.isolate import SurfaceBans
+from seed.io import md5_file, write_dir_atomically, write_json
+from seed.isolate import find_mentions
 from seed.lexicon import ObjectLexicon
 from seed.prompts import CAPTION_PROMPT, object_question
 
 CONFIG_FILE, WEIGHTS_FILE = "detector_config.json", "detector.safetensors"
+
+
+def detector_identity(signals: Sequence[str]) -> dict[str, str | None]:
+    """md5 of the weights of every ``detector:DIR`` among ``signals`` (run fingerprints name a
+    detector by content, not by folder)."""
+    folders = {s: Path(s.removeprefix("detector:")) / WEIGHTS_FILE for s in signals if s.startswith("detector:")}
+    return {s: md5_file(f) if f.is_file() else None for s, f in folders.items()}
 
 
 def template(category: str) -> str:
@@ -66,7 +67,7 @@ def mention_features(vlm, images, captions: list[str], lexicon: ObjectLexicon, l
     return out
 
 
-def _stack(examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def stack_examples(examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mention states [N, D], padded image states [N, P, D], keep [N, P], teacher h [N])."""
     from torch.nn.utils.rnn import pad_sequence
 
@@ -84,20 +85,23 @@ class Detector:
 
     @torch.no_grad()
     def probabilities(self, vlm, images: list[Image.Image], captions: list[str], options: list[list[str]]) -> list[dict[str, float]]:
-        """P(hallucinated) of each option; an option the caption does not name is appended to it
-        as "There is a {object}." (still one pass)."""
-        texts = []
-        for caption, opts in zip(captions, options):
-            named = {m.category for m in self.lexicon.find(caption)}
-            texts.append(" ".join([caption, *(template(o) for o in opts if o not in named)]))
-        out = []
-        for (named, image), opts in zip(mention_features(vlm, images, texts, self.lexicon, self.layer), options):
-            found = [o for o in opts if o in named]
-            if not found:
-                out.append({})
-                continue
-            m, pixels, keep, _ = _stack([(named[o], image, 0.0) for o in found])
-            out.append(dict(zip(found, torch.sigmoid(self.head(m, pixels, keep)).tolist())))
+        """P(hallucinated) of each option: read at the caption's own mention of it (one pass per
+        caption), or, for an option the caption does not name, at "There is a {object}." (one
+        pass each, as the coarse stage learned it)."""
+        reads: list[tuple[int, str, dict[str, torch.Tensor], torch.Tensor]] = []
+        for i, (named, image) in enumerate(mention_features(vlm, images, captions, self.lexicon, self.layer)):
+            reads += [(i, c, named, image) for c in options[i] if c in named]
+        done = {(i, c) for i, c, _, _ in reads}
+        rest = [(i, c) for i, opts in enumerate(options) for c in opts if (i, c) not in done]
+        for start in range(0, len(rest), 64):
+            part = rest[start : start + 64]
+            features = mention_features(vlm, [images[i] for i, _ in part], [template(c) for _, c in part], self.lexicon, self.layer)
+            reads += [(i, c, named, image) for (i, c), (named, image) in zip(part, features) if c in named]
+        out: list[dict[str, float]] = [{} for _ in images]
+        if reads:
+            m, pixels, keep, _ = stack_examples([(named[c], image, 0.0) for _, c, named, image in reads])
+            for (i, c, _, _), p in zip(reads, torch.sigmoid(self.head(m, pixels, keep)).tolist()):
+                out[i][c] = p
         return out
 
     def save(self, out: str | Path) -> Path:
@@ -113,82 +117,16 @@ class Detector:
 
     @classmethod
     def load(cls, folder: str | Path, vlm, lexicon: ObjectLexicon) -> Detector:
+        """The detector in ``folder`` for ``vlm`` (refused on another base)."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
         if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise SeedError(f"{folder}: not a detector folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}; made by seed detect train)")
         config = json.loads((folder / CONFIG_FILE).read_text())
-        if config.get("base_config_md5") != base_fingerprint(vlm.name_or_path)["base_config_md5"]:
+        if config.get("base_config_md5") != base_fingerprint(vlm.name_or_path, weights=False)["base_config_md5"]:
             raise SeedError(f"detector {folder} was trained on {config.get('base_model')}, not on {vlm.name_or_path}")
         weights = load_file(str(folder / WEIGHTS_FILE))
         head = Head(config["hidden_size"], weights["query.weight"].shape[0])
         head.load_state_dict(weights)
         return cls(head.eval(), config["layer"], lexicon, config)
-
-
-def teacher_examples(vlm, images: list[Image.Image], config: DetectorConfig, lexicon, bans, pool: list[str], layer: int):
-    """(coarse, fine) lists of (mention state, image states, teacher h) for a batch of unlabelled images."""
-    n = len(images)
-    captions = vlm.generate(images, [CAPTION_PROMPT] * n, max_new_tokens=config.max_new_tokens)
-    flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], config.batch_size * 4)
-    margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
-    asked = [sorted({m.category for m in lexicon.find(c)} & set(pool)) for c in captions]
-    by_signal = signal_scores(vlm, images, captions, asked, margins, config.teacher, lexicon, bans, None, config.max_new_tokens)
-    teacher = [combine([scores[i] for scores in by_signal.values()]) for i in range(n)]
-    coarse, fine = [], []
-    for i, image in enumerate(images):  # "There is a {c}." for every object of the pool, in one batch per image
-        for (named, states), c in zip(mention_features(vlm, [image] * len(pool), [template(c) for c in pool], lexicon, layer), pool):
-            if c in named:
-                coarse.append((named[c], states, teacher[i][c]))
-    for (named, states), h in zip(mention_features(vlm, images, captions, lexicon, layer), teacher):
-        fine += [(m, states, h[c]) for c, m in named.items() if c in h]
-    return coarse, fine
-
-
-def train_detector(vlm, images: str | Path, out: str | Path, config: DetectorConfig | None = None, lexicon: ObjectLexicon | None = None) -> dict:
-    """Distil the teacher into a head on ``vlm``'s hidden states, from the images of a folder
-    (no labels read); save it to ``out``; return what it learned from."""
-    config, lexicon = config or DetectorConfig(), lexicon or ObjectLexicon.default(None)
-    files = image_files(images)[: config.images]
-    if not files:
-        raise SeedError(f"{images}: no images to learn from")
-    start = time.time()
-    torch.manual_seed(config.seed)
-    bans = SurfaceBans(vlm.tokenizer, lexicon, config.teacher.categories or lexicon.categories)
-    pool = list(config.teacher.categories or sorted(bans.category_ids()))
-    layers = vlm.model.config.get_text_config().num_hidden_layers
-    layer = config.layer if config.layer is not None else layers // 2
-    coarse, fine = [], []
-    for k in range(0, len(files), config.batch_size):
-        c, f = teacher_examples(vlm, [open_image(p) for p in files[k : k + config.batch_size]], config, lexicon, bans, pool, layer)
-        coarse, fine = coarse + c, fine + f
-    if not coarse:
-        raise SeedError("the teacher gave the detector nothing to learn from (no object the tokenizer can spell?)")
-    head = Head(coarse[0][0].shape[0])
-    states = torch.stack([m for m, _, _ in coarse + fine])
-    head.mean.copy_(states.mean(0))
-    head.std.copy_(states.std(0).clamp_min(1e-6))
-    losses = {stage: _fit(head, examples, steps, config.lr)
-              for stage, examples, steps in (("coarse", coarse, config.coarse_steps), ("fine", fine, config.fine_steps))}  # fmt: skip
-    meta = {"base_model": vlm.name_or_path, **base_fingerprint(vlm.name_or_path), "config": asdict(config), "pool": pool}
-    stats = {"images": len(files), "coarse_examples": len(coarse), "fine_examples": len(fine), "losses": losses, "seconds": round(time.time() - start, 1)}
-    Detector(head, layer, lexicon, {**meta, "trained": stats}).save(out)
-    return stats
-
-
-def _fit(head: Head, examples, steps: int, lr: float, batch: int = 512) -> float | None:
-    """Adam on the binary cross-entropy against the teacher's soft labels, in random minibatches;
-    the last loss."""
-    if not examples or not steps:
-        return None
-    m, image, keep, y = _stack(examples)
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    for _ in range(steps):
-        rows = torch.randint(len(y), (min(batch, len(y)),))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(m[rows], image[rows], keep[rows]), y[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    head.eval()
-    return loss.item()

@@ -33,6 +33,7 @@ from seed.adapters import load_spec, resolve_model_name
 from seed.adapters.hea import checkpoint_identity, save_hea
 from seed.config import ChairConfig, Decoding, EvolveConfig, ModelSpec, PopeConfig, PurifyConfig
 from seed.datasets import Datasets, check_disjoint, purification_images, resolve_datasets
+from seed.detector import detector_identity
 from seed.distill import distill
 from seed.errors import SeedError
 from seed.evaluation.chair import evaluate_chair_model
@@ -179,6 +180,7 @@ def _set_fingerprint(data: Datasets) -> dict:
 def _options(spec: ModelSpec, config: EvolveConfig) -> dict:
     """What a run's results depend on, as plain JSON (tuples become lists, as on a reread)."""
     options = json.loads(json.dumps({"model": asdict(spec), **asdict(config)}, default=str))
+    options["detectors"] = detector_identity(config.purify.identify.signals)
     for display_only in ("progress", "log_with", "logging_dir"):
         options["distill"].pop(display_only, None)
     return options

@@ -15,7 +15,8 @@ selected signals combine as a product of experts (:func:`combine`). Signals (``-
   draws its evidence from the region of *another* object the model sees;
 - ``contrast``: grounding contrast log p(y | v) − log p(y | ṽ) of the mention's first token;
 - ``uncertainty``: 1 − p of the emitted mention token;
-- ``oracle``: the category is absent from the image's annotations (ablation only).
+- ``oracle``: the category is absent from the image's annotations (ablation only);
+- ``detector:DIR``: a one-pass detector distilled from these signals (``seed detect train``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import Tensor
 from seed.adapters.prefix import prefix_batches, suffix_logits
 from seed.config import SIGNALS, IdentifyConfig
 from seed.errors import SeedError
-from seed.isolate import SurfaceBans, answer_token_ids, split_claims
+from seed.isolate import SurfaceBans, answer_token_ids, find_mentions, split_claims
 from seed.lexicon import ObjectLexicon
 from seed.prompts import CAPTION_PROMPT, probe_question
 
@@ -76,47 +77,6 @@ def to_unit(scores: Tensor, *, offset: float = 0.0, scale: float = 1.0) -> Tenso
     if not scale > 0:
         raise SeedError(f"to_unit needs scale > 0, got {scale}")
     return torch.sigmoid((scores.float() - offset) / scale)
-
-
-@dataclass
-class TokenMention:
-    """An object named in a response: its category, its words, and the response tokens
-    ``[start, end)`` that spell them."""
-
-    category: str
-    surface: str
-    start: int
-    end: int
-
-
-def token_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
-    """A response's text and each token's character span in it (special tokens: empty spans at
-    the end). One encoding with offsets where it reproduces ``ids``; else prefix by prefix."""
-    text = tokenizer.decode(list(ids), skip_special_tokens=True)
-    special = set(tokenizer.all_special_ids)
-    plain = [i for i, t in enumerate(ids) if t not in special]
-    spans = [(len(text), len(text))] * len(ids)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if encoded["input_ids"] == [ids[i] for i in plain]:
-        for i, span in zip(plain, encoded["offset_mapping"]):
-            spans[i] = tuple(span)
-        return text, spans
-    start = 0
-    for i in plain:
-        end = len(tokenizer.decode([ids[k] for k in plain if k <= i], skip_special_tokens=True))
-        spans[i], start = (start, end), end
-    return text, spans
-
-
-def find_mentions(tokenizer, response_ids: Sequence[int], lexicon: ObjectLexicon) -> list[TokenMention]:
-    """Object mentions of one response, each mapped to the span of tokens its surface occupies."""
-    text, spans = token_spans(tokenizer, response_ids)
-    out = []
-    for m in lexicon.find(text):
-        inside = [i for i, (a, b) in enumerate(spans) if a < m.end and b > m.start]
-        if inside:
-            out.append(TokenMention(m.category, m.surface, inside[0], inside[-1] + 1))
-    return out
 
 
 @torch.no_grad()
@@ -256,8 +216,9 @@ def signal_scores(
 ) -> dict[str, list[dict[str, float]]]:
     """Each selected signal's h(c) ∈ [0, 1] per image: ``{signal: [{category: h}, ...]}``.
 
-    Self-probe, consistency, lens and oracle score every category of the image's pool (the keys of
-    ``margins[i]``, so a repair cannot swap a flagged object for another doubtful one); shared
+    Self-probe, consistency, lens, oracle and a distilled detector (``detector:DIR``) score every
+    category of the image's pool (the keys of ``margins[i]``, so a repair cannot swap a flagged
+    object for another doubtful one); shared
     evidence, the costly signal, scores the categories in ``asked``; contrast and uncertainty score
     the objects the caption names, over each mention's tokens (the most doubtful mention counts).
     """
@@ -279,6 +240,10 @@ def signal_scores(
         by_signal["oracle"] = [{c: float(c not in truth[i]) for c in pools[i]} for i in range(n)]
     if "evidence" in config.signals:
         by_signal["evidence"] = [_shared_evidence(vlm, images[i], asked[i]) for i in range(n)]
+    for name in (s for s in config.signals if s.startswith("detector:")):
+        from seed.detector import Detector  # the detector module builds on this one
+
+        by_signal[name] = Detector.load(name.removeprefix("detector:"), vlm, lexicon).probabilities(vlm, images, captions, pools)
     token_signals = [s for s in ("contrast", "uncertainty") if s in config.signals]
     if token_signals:
         for name, scores in zip(token_signals, zip(*_mention_scores(vlm, images, captions, token_signals, config, lexicon))):
@@ -333,6 +298,17 @@ def _mention_scores(vlm, images, captions, signals, config, lexicon) -> list[lis
                 found["uncertainty"][m.category] = max(found["uncertainty"].get(m.category, 0.0), 1 - logp[b, span].sum().exp().item())
         out.append([found[s] for s in signals])
     return out
+
+
+def check_identification(vlm, config: IdentifyConfig, lexicon: ObjectLexicon) -> None:
+    """Refuse, before any work, what only the model or the lexicon can tell wrong: a lens layer the
+    language model does not have, a category the lexicon does not know."""
+    layers = vlm.text_layers
+    if "lens" in config.signals and max(config.lens_layers) > layers:
+        raise SeedError(f"--lens-layers {max(config.lens_layers)}: the language model has layers 0 (input) to {layers}")
+    unknown = [c for c in config.categories or () if c not in lexicon.categories]
+    if unknown:
+        raise SeedError(f"--categories: unknown object {unknown[0]!r} (not a category of the object lexicon; see --lexicon)")
 
 
 @dataclass

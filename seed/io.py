@@ -172,15 +172,22 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
             yield record
 
 
+def check_replaceable(out: str | Path, marker: str) -> Path:
+    """Refuse, before any work, an output folder that :func:`write_dir_atomically` would not replace:
+    one that exists, is not empty and does not hold ``marker`` (a previous output of the same kind)."""
+    out = check_output(out, folder=True)
+    if out.exists() and not (out / marker).is_file() and any(out.iterdir()):
+        raise SeedError(f"{out} exists and is not a previous output of this kind (no {marker}); refusing to overwrite it")
+    return out
+
+
 def write_dir_atomically(out: str | Path, write: Callable[[Path], Any], *, marker: str) -> None:
     """Run ``write(tmp)`` on a fresh sibling folder, then swap it in for ``out``.
 
     An existing ``out`` is replaced only if it holds ``marker`` (i.e. is a previous output of the
     same kind) or is empty, so an unrelated folder is never deleted.
     """
-    out = check_output(out, folder=True)
-    if out.exists() and not (out / marker).is_file() and any(out.iterdir()):
-        raise SeedError(f"{out} exists and is not a previous export; refusing to overwrite it")
+    out = check_replaceable(out, marker)
     make_dirs(out.parent)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -1,4 +1,5 @@
-"""Isolate (method.md §3): flagged object categories → the token ids that would claim them (H_t).
+"""Isolate (method.md §3): where a response names objects (:func:`find_mentions`, token spans) and
+flagged object categories → the token ids that would claim them (H_t).
 
 A category with h > τ is *flagged*, one with h < 1 − τ is *affirmed* (:func:`split_claims`).
 Objects are strings and tokens are spans: in real tokenizers most object names take several
@@ -21,6 +22,47 @@ from torch import Tensor
 from seed.lexicon import ObjectLexicon
 
 _WORDS = re.compile(r"[^\W\d_]+")
+
+
+@dataclass
+class TokenMention:
+    """An object named in a response: its category, its words, and the response tokens
+    ``[start, end)`` that spell them."""
+
+    category: str
+    surface: str
+    start: int
+    end: int
+
+
+def token_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """A response's text and each token's character span in it (special tokens: empty spans at
+    the end). One encoding with offsets where it reproduces ``ids``; else prefix by prefix."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    special = set(tokenizer.all_special_ids)
+    plain = [i for i, t in enumerate(ids) if t not in special]
+    spans = [(len(text), len(text))] * len(ids)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if encoded["input_ids"] == [ids[i] for i in plain]:
+        for i, span in zip(plain, encoded["offset_mapping"]):
+            spans[i] = tuple(span)
+        return text, spans
+    start = 0
+    for i in plain:
+        end = len(tokenizer.decode([ids[k] for k in plain if k <= i], skip_special_tokens=True))
+        spans[i], start = (start, end), end
+    return text, spans
+
+
+def find_mentions(tokenizer, response_ids: Sequence[int], lexicon: ObjectLexicon) -> list[TokenMention]:
+    """Object mentions of one response, each mapped to the span of tokens its surface occupies."""
+    text, spans = token_spans(tokenizer, response_ids)
+    out = []
+    for m in lexicon.find(text):
+        inside = [i for i, (a, b) in enumerate(spans) if a < m.end and b > m.start]
+        if inside:
+            out.append(TokenMention(m.category, m.surface, inside[0], inside[-1] + 1))
+    return out
 
 
 @dataclass(frozen=True)

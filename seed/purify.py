@@ -35,8 +35,9 @@ from seed.adapters import VisionLanguageModel, load_spec
 from seed.adapters.hea import model_identity
 from seed.coco import objects_by_file
 from seed.config import ModelSpec, PurifyConfig
+from seed.detector import detector_identity
 from seed.errors import SeedError
-from seed.identify import identify_images
+from seed.identify import check_identification, identify_images
 from seed.io import (
     atomic_write_text, check_output, differences, image_files, iter_jsonl, library_versions, make_dirs, md5_strings, open_image,
     read_json_object, write_json,
@@ -216,12 +217,15 @@ def purify(
     files = image_files(images) if isinstance(images, (str, Path)) else [Path(p) for p in images]
     if not files:
         raise SeedError(f"{images}: no images to purify")
+    if "oracle" in config.identify.signals and annotations is None:
+        raise SeedError("--identify oracle needs --annotations for the purification images")
     truth = objects_by_file(annotations) if annotations else None
     spec = ModelSpec(model, adapter=adapter, device=device) if isinstance(model, str) else model
     vlm = load_spec(spec) if isinstance(spec, ModelSpec) else spec
     if config.top_k > len(vlm.tokenizer):
         raise SeedError(f"--top-k {config.top_k} exceeds the vocabulary ({len(vlm.tokenizer)} tokens)")
     lexicon = ObjectLexicon.default(config.identify.lexicon)
+    check_identification(vlm, config.identify, lexicon)
     bans = SurfaceBans(vlm.tokenizer, lexicon, config.identify.categories or lexicon.categories)
     run = fingerprint(vlm, files, config)
     start_manifest(out, vlm, run)
@@ -248,9 +252,11 @@ def purify(
 
 def fingerprint(vlm: VisionLanguageModel, files: Sequence[Path], config: PurifyConfig) -> dict:
     """Everything a purification's content depends on, as plain JSON: the model and adapter by
-    content (:func:`~seed.adapters.hea.model_identity`), the options and the image list."""
+    content (:func:`~seed.adapters.hea.model_identity`), any detector signal's weights, the options
+    and the image list."""
     images = {"count": len(files), "names_md5": md5_strings(f.name for f in files)}
-    return json.loads(json.dumps({**model_identity(vlm), "options": asdict(config), "images": images}))
+    detectors = detector_identity(config.identify.signals)
+    return json.loads(json.dumps({**model_identity(vlm), "detectors": detectors, "options": asdict(config), "images": images}))
 
 
 def stale_fields(out: str | Path, run: dict) -> list[str]:
@@ -268,7 +274,7 @@ def start_manifest(out: Path, vlm, run: dict) -> None:
     fingerprint (one without any finished shard holds nothing to mix with: it is started anew)."""
     changed = stale_fields(out, run) if any(out.glob("shard-*.check.json")) else []
     if changed:
-        kinds = {"model": "of another model", "adapter": "with another adapter", "options": "with other options", "images": "of other images"}
+        kinds = {"model": "of another model", "adapter": "with another adapter", "detectors": "with another detector", "options": "with other options", "images": "of other images"}
         what = " and ".join(dict.fromkeys(kinds.get(c.split(".")[0], "made otherwise") for c in changed))
         raise SeedError(f"{out} holds a purification {what} ({', '.join(changed)} differ{'s' * (len(changed) == 1)}); choose another --out")
     make_dirs(out)
@@ -313,6 +319,8 @@ def _finish(out: Path, num_shards: int, vlm, run: dict) -> None:
         notes += noted
     skipped = [n["skipped"] for n in notes if "skipped" in n]
     cut = [n["cut_caption"] for n in notes if "cut_caption" in n]
+    if not records and skipped:
+        raise SeedError(f"none of the {len(skipped)} images could be read (e.g. {skipped[0]['image']}: {skipped[0]['error']})")
     if skipped:
         names = ", ".join(k["image"] for k in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         _warn(f"skipped {len(skipped)} unreadable image(s): {names} (listed in {out / 'manifest.json'})")
@@ -361,6 +369,7 @@ def show_examples(out: str | Path, n: int, lexicon: ObjectLexicon | None = None)
 
 
 def _warn(line: str) -> None:
+    from rich import markup
     from rich.console import Console
 
-    Console(stderr=True).print(f"[yellow]warning:[/] {line}", highlight=False)
+    Console(stderr=True).print(f"[yellow]warning:[/] {markup.escape(line)}", highlight=False, soft_wrap=True)

@@ -110,10 +110,13 @@ def test_damaged_or_pickle_adapter(tiny_llava_dir, adapter, images, tmp_path, mo
         (["--top-k", "100000"], "--top-k 100000 exceeds the vocabulary"),
         (["--tau", "1.5"], "--tau is a hallucination score threshold in [0, 1], not 1.5"),
         (["--shard-size", "0"], "--shard-size must be at least 1, not 0"),
+        (["--lens-layers", "99"], "--lens-layers 99: the language model has layers 0 (input) to"),
+        (["--categories", "dog,unicorn"], "--categories: unknown object 'unicorn'"),
+        (["--identify", "oracle"], "--identify oracle needs --annotations"),
     ],
 )
 def test_options_out_of_range_are_refused_before_any_work(tiny_llava_dir, images, tmp_path, monkeypatch, capsys, option, message):
-    out, vocabulary = tmp_path / "o", "vocabulary" in message  # the vocabulary size is known once the model is loaded
+    out, vocabulary = tmp_path / "o", any(w in message for w in ("vocabulary", "layers", "unknown object"))  # checked once the model is loaded
     args = ["purify", "--model", tiny_llava_dir, "--images", images, "--out", out, "--device", "cpu", *option]
     err = one_line_error(monkeypatch, capsys, *args, after_loading=vocabulary)
     assert message in err
@@ -155,3 +158,39 @@ def test_outputs_take_the_umask_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["purge"], "No such command 'purge'."),
+        (["eval", "chair", "--captionz", "x"], "No such option: --captionz"),
+        (["eval", "pope-random", "--batch-size", "many"], "Invalid value for '--batch-size'"),
+        (["world", "build", "--seed", "-1"], "--seed must be at least 0, not -1"),
+    ],
+)
+def test_usage_mistakes_are_one_line_too(monkeypatch, capsys, args, message):
+    assert message in one_line_error(monkeypatch, capsys, *args)
+
+
+def test_images_none_of_which_can_be_read_are_an_error(tiny_llava_dir, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    args = ["purify", "--model", tiny_llava_dir, "--images", folder, "--out", tmp_path / "o", "--device", "cpu", "--max-new-tokens", "4"]
+    assert "none of the 1 images could be read (e.g. a.png" in one_line_error(monkeypatch, capsys, *args, after_loading=True)
+
+
+def test_detect_checks_its_outputs_and_annotations_before_any_work(tiny_llava_dir, images, tmp_path, monkeypatch, capsys):
+    from seed import detection
+
+    monkeypatch.setattr(detection, "detect", lambda *a, **k: pytest.fail("detected before the checks"))
+    captions = tmp_path / "c.jsonl"
+    captions.write_text(json.dumps({"image": "a.png", "caption": "A dog."}) + "\n")
+    base = ["detect", "--model", tiny_llava_dir, "--images", images, "--captions", captions, "--device", "cpu"]
+    assert "is a folder; give a file path" in one_line_error(monkeypatch, capsys, *base, "--output", tmp_path)
+    assert "no such file" in one_line_error(monkeypatch, capsys, *base, "--annotations", tmp_path / "none.json")
+    a_file = tmp_path / "note.txt"
+    a_file.write_text("keep")
+    train = ["detect", "train", "--model", tiny_llava_dir, "--images", images, "--device", "cpu"]
+    assert "is a file, not a folder" in one_line_error(monkeypatch, capsys, *train, "--out", a_file)

@@ -81,10 +81,11 @@ def test_bad_input_is_one_line_and_exit_2(llava15_dir, data, tmp_path, monkeypat
     assert e.value.code == 2 and err.count("\n") == 1 and expected in err, err
 
 
-def test_a_distilled_detector_judges_in_one_pass_and_only_on_its_base(llava15_dir, tiny_llava_dir, data, tmp_path):
+def test_a_distilled_detector_judges_in_one_pass_and_only_on_its_base(llava15_dir, tiny_llava_dir, data, tmp_path, monkeypatch):
     from seed.adapters import load
     from seed.config import DetectorConfig
-    from seed.detector import CONFIG_FILE, Detector, train_detector
+    from seed.detection import train_detector
+    from seed.detector import CONFIG_FILE, Detector
     from seed.errors import SeedError
     from seed.lexicon import ObjectLexicon
 
@@ -93,10 +94,75 @@ def test_a_distilled_detector_judges_in_one_pass_and_only_on_its_base(llava15_di
     stats = train_detector(vlm, data / "images", tmp_path / "det", DetectorConfig(teacher=teacher, coarse_steps=20, fine_steps=20, batch_size=3))
     assert stats["images"] == 3 and stats["coarse_examples"] == 3 * len(OBJECTS) and stats["fine_examples"] > 0
     assert json.loads((tmp_path / "det" / CONFIG_FILE).read_text())["pool"] == OBJECTS
-    results = detect(vlm, data / "captions.jsonl", data / "images", DetectConfig(detector=str(tmp_path / "det")))
-    assert [len(r["options"]) for r in results] == [3, 3, 4, 3]  # an option the caption does not name is read from "There is a …."
-    assert all(set(o["signals"]) == {"detector"} and 0 < o["probability"] < 1 for r in results for o in r["options"])
+    passes = []
+    monkeypatch.setattr(type(vlm), "response_states", lambda self, *a, f=type(vlm).response_states: passes.append(len(a[0])) or f(self, *a))
+    signal = f"detector:{tmp_path / 'det'}"
+    results = detect(vlm, data / "captions.jsonl", data / "images", DetectConfig(IdentifyConfig(signals=(signal,)), batch_size=8))
+    assert [len(r["options"]) for r in results] == [3, 3, 4, 3]
+    assert all(set(o["signals"]) == {signal} and 0 < o["probability"] < 1 for r in results for o in r["options"])
+    # One pass over the four captions; the three options the last caption does not name are read at "There is a …."
+    assert passes == [4, 3]
     with pytest.raises(SeedError, match="was trained on"):
         Detector.load(tmp_path / "det", load(str(tiny_llava_dir), device="cpu"), ObjectLexicon.default())
     with pytest.raises(SeedError, match="not a detector folder"):
         Detector.load(tmp_path, vlm, ObjectLexicon.default())
+    with pytest.raises(SeedError, match="no such folder"):
+        IdentifyConfig(signals=("self-probe", f"detector:{tmp_path / 'nowhere'}"))
+
+
+def test_the_detector_is_an_identification_signal_of_purify_named_by_content(llava15_dir, data, tmp_path):
+    from seed.adapters import load
+    from seed.config import DetectorConfig, PurifyConfig
+    from seed.detection import train_detector
+    from seed.detector import WEIGHTS_FILE
+    from seed.errors import SeedError
+    from seed.purify import purify
+
+    vlm = load(str(llava15_dir), device="cpu")
+    teacher = IdentifyConfig(signals=("self-probe", "lens"), categories=tuple(OBJECTS))
+    train_detector(vlm, data / "images", tmp_path / "det", DetectorConfig(teacher=teacher, coarse_steps=10, fine_steps=10, batch_size=3))
+    config = PurifyConfig(IdentifyConfig(signals=("self-probe", f"detector:{tmp_path / 'det'}"), categories=tuple(OBJECTS)), max_new_tokens=24)
+    out = purify(vlm, images=data / "images", out=tmp_path / "purified", config=config)
+    records = [json.loads(line) for line in (out / "purified.jsonl").read_text().splitlines()]
+    assert {r["image"] for r in records} == {"photo_0.jpg", "photo_1.jpg", "photo_2.jpg"} and all(set(r["scores"]) == set(OBJECTS) for r in records)
+    weights = tmp_path / "det" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # another detector in the same folder
+    with pytest.raises(SeedError, match="with another detector"):
+        purify(vlm, images=data / "images", out=tmp_path / "purified", config=config)
+
+
+@pytest.mark.slow
+def test_detect_and_a_distilled_detector_on_the_world(tmp_path, monkeypatch, capsys):
+    """On the embedded world: the signals and a detector trained on 16 unlabelled images judge the
+    model's own captions of 12 held-out images, scored against their annotations."""
+    import shutil
+
+    from seed.adapters import load
+    from seed.cli import main
+    from seed.config import DetectorConfig
+    from seed.detection import train_detector
+    from seed.prompts import CAPTION_PROMPT
+    from seed.world import World
+
+    world = World.default()
+    images = tmp_path / "purify"
+    images.mkdir()
+    for f in sorted(world.images(world.purify_split).glob("*.png"))[:16]:
+        shutil.copy(f, images)
+    vlm = load(str(world.model), device="cpu")
+    train_detector(vlm, images, tmp_path / "det", DetectorConfig(coarse_steps=50, fine_steps=50))
+    files = sorted(world.images(world.eval_split).glob("*.png"))[:12]
+    from PIL import Image
+
+    captions = vlm.generate([Image.open(f).convert("RGB") for f in files], [CAPTION_PROMPT] * len(files), max_new_tokens=48)
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"image": f.name, "caption": c}) + "\n" for f, c in zip(files, captions)))
+    for identify in ("self-probe,lens", f"detector:{tmp_path / 'det'}"):
+        out = tmp_path / f"judged-{len(identify)}.jsonl"
+        args = ["seed", "detect", "--captions", tmp_path / "c.jsonl", "--annotations", world.annotations(world.eval_split), "--output", out, "--identify", identify]
+        monkeypatch.setattr(sys, "argv", list(map(str, args)))
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert e.value.code == 0, capsys.readouterr().err
+        metrics = json.loads(out.with_name(out.stem + ".metrics.json").read_text())
+        assert "combined" in metrics and all(0 <= m["auroc"] <= 1 for m in metrics.values() if m["auroc"] is not None)
+        assert len(out.read_text().splitlines()) == len(files)

@@ -18,7 +18,7 @@ from seed.adapters.hea import check_adapter, load_hea, recorded_base
 from seed.adapters.hub import ALIASES, family_class, read_config, resolve_model_name
 from seed.config import ModelSpec
 from seed.errors import SeedError
-from seed.io import check_output, reading, resolve_device, safetensors_files, write_dir_atomically
+from seed.io import check_replaceable, reading, resolve_device, safetensors_files, write_dir_atomically
 
 __all__ = ["ALIASES", "ModelSpec", "VisionLanguageModel", "diffusion_noise", "export", "load", "load_spec", "merge_and_export", "resolve_model_name"]
 
@@ -106,7 +106,7 @@ def export(
 ) -> Path:
     """Bake a saved HEA into the base model it names (adapter_config.json) and save the merged
     model with its processor to ``out``: a plain transformers checkpoint, no adapter overhead."""
-    check_output(out, folder=True)
+    check_replaceable(out, "config.json")
     config = Path(adapter) / "adapter_config.json"
     if not config.is_file():
         raise SeedError(f"{adapter}: no adapter_config.json there (not a PEFT adapter folder)")

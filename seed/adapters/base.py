@@ -154,12 +154,7 @@ class VisionLanguageModel:
         """
         return rf"{self.language_layers}\.(?:{'|'.join(self.projections)})"
 
-    def encode(
-        self,
-        images: list[Image.Image] | None,
-        prompts: list[str],
-        responses: list[str] | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def encode(self, images: list[Image.Image] | None, prompts: list[str], responses: list[str] | None = None) -> dict[str, torch.Tensor]:
         """A left-padded batch on the model's device.
 
         Keys: ``input_ids`` [B, L], ``attention_mask`` [B, L], ``pixel_values`` when images are
@@ -268,6 +263,11 @@ class VisionLanguageModel:
     def _language_model(self):
         """The causal language model (``get_decoder``, ``get_output_embeddings``)."""
         return self.model
+
+    @property
+    def text_layers(self) -> int:
+        """How many decoder layers the language model has (hidden-state indices run 0 to this)."""
+        return self._language_model().get_decoder().config.num_hidden_layers
 
     @torch.no_grad()
     def unembed(self, states: torch.Tensor, layer: int) -> torch.Tensor:

@@ -105,12 +105,13 @@ def load_hea(vlm: VisionLanguageModel, adapter_dir: str | Path) -> VisionLanguag
     return vlm
 
 
-def base_fingerprint(name_or_path: str) -> dict[str, str | None]:
-    """md5 of the base's config.json (volatile keys dropped) and, for small local bases, of its weights."""
+def base_fingerprint(name_or_path: str, weights: bool = True) -> dict[str, str | None]:
+    """md5 of the base's config.json (volatile keys dropped) and, for small local bases (unless
+    ``weights`` is false), of its weights."""
     config_md5 = _md5_json(_strip_volatile(read_config(name_or_path)))
     weights_md5 = None
     path = Path(name_or_path)
-    if path.is_dir():
+    if weights and path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
         if files and sum(p.stat().st_size for p in files) <= WEIGHTS_FINGERPRINT_LIMIT:
             h = hashlib.md5()

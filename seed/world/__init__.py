@@ -169,6 +169,8 @@ def build_world(
     config = config or WorldConfig(seed=seed, bias=BiasConfig() if bias else BiasConfig().clean())
     if config.vision_labels not in VISION_LABELS:
         raise SeedError(f"--vision-labels must be one of {', '.join(VISION_LABELS)}, not {config.vision_labels!r}")
+    if config.seed < 0:
+        raise SeedError(f"--seed must be at least 0, not {config.seed}")
     path = Path(out) if out else default_world_dir(config=config)
     if not force and _is_built(path, config):
         return path
