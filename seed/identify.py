@@ -31,6 +31,7 @@ from torch import Tensor
 
 from seed.adapters.prefix import prefix_batches, suffix_logits
 from seed.config import SIGNALS, IdentifyConfig
+from seed.detector import Detector
 from seed.errors import SeedError
 from seed.isolate import SurfaceBans, answer_token_ids, find_mentions, split_claims
 from seed.lexicon import ObjectLexicon
@@ -218,9 +219,9 @@ def signal_scores(
 
     Self-probe, consistency, lens, oracle and a distilled detector (``detector:DIR``) score every
     category of the image's pool (the keys of ``margins[i]``, so a repair cannot swap a flagged
-    object for another doubtful one); shared
-    evidence, the costly signal, scores the categories in ``asked``; contrast and uncertainty score
-    the objects the caption names, over each mention's tokens (the most doubtful mention counts).
+    object for another doubtful one); shared evidence, the costly signal, scores the categories in
+    ``asked``; contrast and uncertainty score the objects the caption names, over each mention's
+    tokens (the most doubtful mention counts).
     """
     if "oracle" in config.signals and truth is None:
         raise SeedError("--identify oracle needs --annotations for the purification images")
@@ -241,8 +242,6 @@ def signal_scores(
     if "evidence" in config.signals:
         by_signal["evidence"] = [_shared_evidence(vlm, images[i], asked[i]) for i in range(n)]
     for name in (s for s in config.signals if s.startswith("detector:")):
-        from seed.detector import Detector  # the detector module builds on this one
-
         by_signal[name] = Detector.load(name.removeprefix("detector:"), vlm, lexicon).probabilities(vlm, images, captions, pools)
     token_signals = [s for s in ("contrast", "uncertainty") if s in config.signals]
     if token_signals:
