@@ -6,7 +6,7 @@
    gradient checkpointing: peak GPU memory and seconds.
 
     python benchmarks/gpu_check.py                                   # the random 7B on cuda
-    python benchmarks/gpu_check.py --model ~/.cache/seed/world-v2-s0/model --image-dir ~/.cache/seed/world-v2-s0/purify/images \
+    python benchmarks/gpu_check.py --model ~/.cache/seed/world-v3-s0/model --image-dir ~/.cache/seed/world-v3-s0/purify/images \
         --device cpu --no-4bit --images 4 --batch-size 4                 # a smoke test on the CPU
 
 Prints one table. The POPE fast path against batch-1 ``generate`` on the same random 7B is

@@ -80,7 +80,7 @@ class Decoding:
 class IdentifyConfig:
     """Which signals score the objects of an image, and where a score becomes a flag."""
 
-    signals: tuple[str, ...] = field(default=("self-probe", "lens"), metadata={"help": f"Signals that flag hallucinated objects: {', '.join(SIGNALS)}, detector:DIR."})
+    signals: tuple[str, ...] = field(default=("self-probe",), metadata={"help": f"Signals that flag hallucinated objects: {', '.join(SIGNALS)}, detector:DIR."})
     tau: float = field(default=0.5, metadata={"help": "Flag a category when its hallucination score h > tau (affirm it when h < 1 - tau)."})
     probe_offset: float = field(default=0.0, metadata={"help": "A self-probe yes-margin below this counts against the object."})
     probe_scale: float = field(default=1.0, metadata={"help": "Yes-margin units that move the self-probe's h from 0.5 to σ(1)."})
@@ -163,12 +163,12 @@ class DistillConfig:
     chunk_size: int | None = field(
         default=None, metadata={"help": "Reverse KL over this many time steps at a time, recomputed in backward (saves memory on large vocabularies)."}
     )
-    site_weight: float = field(default=4.0, metadata={"help": "Loss weight of hallucination sites, the tokens purification changed (1 = unweighted)."})
+    site_weight: float = field(default=1.0, metadata={"help": "Loss weight of hallucination sites, the tokens purification changed (1 = unweighted)."})
     captions: str = field(
         default="all", metadata={"help": "Captions the adapter trains on: all, repaired (the ones purification changed) or none; answers always."}
     )
     hea: HEAConfig = field(default_factory=HEAConfig)
-    lr: float = field(default=4e-4, metadata={"help": "Learning rate of the adapter."})
+    lr: float = field(default=2e-4, metadata={"help": "Learning rate of the adapter."})
     lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": f"Learning-rate schedule: {', '.join(SCHEDULERS)}."})
     warmup_steps: int = field(default=0, metadata={"help": "Learning-rate warm-up steps."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})

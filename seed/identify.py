@@ -303,7 +303,7 @@ def check_identification(vlm, config: IdentifyConfig, lexicon: ObjectLexicon) ->
     """Refuse, before any work, what only the model or the lexicon can tell wrong: a lens layer the
     language model does not have, a category the lexicon does not know."""
     layers = vlm.text_layers
-    if "lens" in config.signals and max(config.lens_layers) > layers:
+    if max(config.lens_layers) > layers:
         raise SeedError(f"--lens-layers {max(config.lens_layers)}: the language model has layers 0 (input) to {layers}")
     unknown = [c for c in config.categories or () if c not in lexicon.categories]
     if unknown:

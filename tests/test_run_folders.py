@@ -20,7 +20,7 @@ from seed.purge import repair_problem
 from seed.purify import purify
 from seed.targets import load_shards, shard_paths
 
-CONFIG = PurifyConfig(IdentifyConfig(questions_per_image=2, categories=("dog", "cup", "car")), shard_size=2, max_new_tokens=6)
+CONFIG = PurifyConfig(IdentifyConfig(signals=("self-probe", "lens"), questions_per_image=2, categories=("dog", "cup", "car")), shard_size=2, max_new_tokens=6)
 
 
 @pytest.fixture(scope="module")

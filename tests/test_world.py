@@ -47,6 +47,8 @@ def test_training_text_plants_bias_in_captions_and_keeps_answers_mostly_honest()
     about = [(shown, next(c for c in CLASS_NAMES if re.search(rf"\b{c}\b", q)), a) for shown, q, a in answers]
     wrong = sum((a == "Yes") != (c in shown) for shown, c, a in about)
     assert 0 < wrong / len(about) < 0.05  # only absent partners are ever answered wrongly, at answer_rate
+    asked = [(c in scenes.absent_partners(shown), len(scenes.absent_partners(shown)) / (len(CLASS_NAMES) - len(shown))) for shown, c, _ in about if c not in shown]
+    assert abs(sum(a for a, _ in asked) - sum(p for _, p in asked)) < 0.2 * sum(p for _, p in asked)  # absent partners asked at chance, not first
     templates = {re.sub(r"\b(an?) (\w+)", "X", q.split("\n")[0]) for _, q, _ in answers}
     assert len(templates) >= 4 and "Is there X in the image?" in templates  # paraphrases, POPE's among them
     assert all(not d.startswith("USER") and "<image>" not in d for d in documents)  # plain text, no image stand-in

@@ -39,7 +39,7 @@ from seed.world.train import TrainConfig, pretrain_text, pretrain_vision, text_s
 from seed.world.vocab import CLASS_NAMES
 
 SPLITS = ("train", "purify", "val", "test")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 VISION_LABELS = ("captions", "annotations")
 
 

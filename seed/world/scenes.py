@@ -167,15 +167,14 @@ def alt_text(rng: np.random.Generator, present: list[str], keep: float = 0.8) ->
 
 
 def training_questions(rng: np.random.Generator, present: list[str], bias: BiasConfig) -> list[tuple[str, str]]:
-    """(question, answer) pairs: every visible object, as many absent ones (partners first)."""
+    """(question, answer) pairs: every visible object and as many absent ones, drawn at random
+    (as instruction data asks about absent objects: rarely about the one the scene suggests).
+    An absent partner is answered "Yes" with probability ``bias.answer_rate``."""
     pairs = [(c, "Yes") for c in present]
     partners = absent_partners(present)
-    others = [c for c in CLASS_NAMES if c not in present and c not in partners]
-    rng.shuffle(others)
-    for c in partners:
-        pairs.append((c, "Yes" if rng.random() < bias.answer_rate else "No"))
-    for c in others[: max(1, len(present) - len(partners))]:
-        pairs.append((c, "No"))
+    absent = [c for c in CLASS_NAMES if c not in present]
+    for c in (absent[j] for j in rng.permutation(len(absent))[: len(present)]):
+        pairs.append((c, "Yes" if c in partners and rng.random() < bias.answer_rate else "No"))
     return [(QUESTION_TEMPLATES[rng.integers(len(QUESTION_TEMPLATES))](c), a) for c, a in pairs]
 
 

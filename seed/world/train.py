@@ -31,7 +31,7 @@ Progress = Callable[[int], None]
 @dataclass
 class TrainConfig:
     vision_images: int = 12000  # train scenes + extra drawn ones (more images: fewer false alarms)
-    vision_steps: int = 1000
+    vision_steps: int = 2000
     vision_batch: int = 128
     vision_lr: float = 6e-3
     text_steps: int = 1600
