@@ -107,10 +107,20 @@ def guard_failure(history: dict, config: EvolveConfig) -> str | None:
     return None
 
 
+def check_rows_folder(out: Path, options: dict) -> None:
+    """Record what a folder's rows are run with; refuse rows of another world or other options."""
+    recorded = out / "options.json"
+    if not recorded.is_file():
+        write_json(recorded, options)
+    elif read_json(recorded) != json.loads(json.dumps(options)):
+        raise SystemExit(f"error: {out} holds rows of another world or other options; choose another --out")
+
+
 def world_rows(world: World, out: Path, methods: Sequence[str], config: EvolveConfig, distill_seeds: Sequence[int]) -> dict[str, dict]:
     """Every row of ``methods`` on one world: {row: {"eval", "dir", "guard"?}}, each kept in OUT/<row>."""
     config = dataclasses.replace(config, world=str(world.root))
     spec, data = resolve_datasets(ModelSpec(), config)
+    check_rows_folder(out, {"world": read_json(world.root / "world.json")["config"], "evolve": dataclasses.asdict(config)})
     rows: dict[str, dict] = {}
 
     def row(name: str, run: Callable[[Path], dict]) -> None:

@@ -61,3 +61,10 @@ def test_the_table_shows_every_row_with_its_gain_and_guard_failures():
     lines = replicate.markdown(summary).splitlines()
     assert lines[2] == "| base | 86.0 ± 1.0 |  |  | 0/3 |"
     assert lines[3] == "| seed | 89.0 ± 0.5 | +3.0 [+1.5, +4.5] | -5.0 [-6.0, -4.0] | 1/3 |"
+
+
+def test_a_rows_folder_refuses_rows_of_another_world(tmp_path):
+    replicate.check_rows_folder(tmp_path, {"world": {"seed": 1}, "evolve": {"rounds": 2}})
+    replicate.check_rows_folder(tmp_path, {"world": {"seed": 1}, "evolve": {"rounds": 2}})  # the same: reused
+    with pytest.raises(SystemExit, match="another world or other options"):
+        replicate.check_rows_folder(tmp_path, {"world": {"seed": 2}, "evolve": {"rounds": 2}})
