@@ -189,7 +189,7 @@ def summarise(worlds: dict[int, tuple[World, dict[str, dict]]], draws: int) -> d
         # A figure a world cannot give (CHAIR_i of captions that name no object) is left out of its mean.
         values = {k: [x for _, rows in present if (x := f(rows[name]["eval"])) is not None] for k, f in figures.items()}
         entry = {"worlds": len(present), "mean": {k: 100 * float(np.mean(v)) if v else None for k, v in values.items()}}
-        entry["sd"] = {k: 100 * float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+        entry["sd"] = {k: 100 * float(np.std(v, ddof=1)) if len(v) > 1 else None for k, v in values.items()}  # one world: no sd
         entry["guard_failures"] = sum(bool(rows[name].get("guard")) for _, rows in present)
         if name != "base" and all("base" in rows for _, rows in present):
             entry["gain"] = _gains(present, name, draws)
@@ -214,7 +214,7 @@ def markdown(summary: dict[str, dict]) -> str:
         "| --- " * (len(keys) + 4) + "|",
     ]
     for name, s in summary.items():
-        cells = [f"{s['mean'][k]:.1f} ± {s['sd'][k]:.1f}" if s["mean"][k] is not None else "n/a" for k in keys]
+        cells = ["n/a" if s["mean"][k] is None else f"{s['mean'][k]:.1f}" + ("" if s["sd"][k] is None else f" ± {s['sd'][k]:.1f}") for k in keys]
         gains = [f"{g[0]:+.1f} [{g[1]:+.1f}, {g[2]:+.1f}]" for g in s.get("gain", {}).values()] or ["", ""]
         lines.append(f"| {name} | " + " | ".join(cells + gains) + f" | {s['guard_failures']}/{s['worlds']} |")
     return "\n".join(lines)

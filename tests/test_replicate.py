@@ -68,3 +68,8 @@ def test_a_rows_folder_refuses_rows_of_another_world(tmp_path):
     replicate.check_rows_folder(tmp_path, {"world": {"seed": 1}, "evolve": {"rounds": 2}})  # the same: reused
     with pytest.raises(SystemExit, match="another world or other options"):
         replicate.check_rows_folder(tmp_path, {"world": {"seed": 2}, "evolve": {"rounds": 2}})
+
+
+def test_one_world_has_no_sd():
+    summary = {"seed": {"worlds": 1, "mean": {"F1 adversarial": 89.0, "CHAIR_i": None}, "sd": {"F1 adversarial": None, "CHAIR_i": None}, "guard_failures": 0}}
+    assert replicate.markdown(summary).splitlines()[2] == "| seed | 89.0 | n/a |  |  | 0/1 |"
