@@ -30,7 +30,7 @@ from seed.coco import objects_by_file
 from seed.config import DetectConfig, DetectorConfig, ModelSpec
 from seed.detector import CONFIG_FILE, Detector, Head, mention_features, stack_examples, template
 from seed.errors import SeedError
-from seed.identify import check_identification, combine, informative, signal_scores, yes_margin
+from seed.identify import check_identification, combine, informative, pool_margins, signal_scores
 from seed.io import LazyImages, check_images, check_replaceable, image_files, open_image, read_records
 from seed.isolate import SurfaceBans
 from seed.lexicon import ObjectLexicon
@@ -87,8 +87,7 @@ def _detect_batch(vlm, records: list[dict], folder, config: DetectConfig, lexico
     pools = [r["options"] for r in records]
     margins = [dict.fromkeys(pool, 0.0) for pool in pools]  # the pools; the self-probe's margins when it is asked for
     if "self-probe" in config.identify.signals:
-        flat = iter(yes_margin(vlm, [im for im, pool in zip(images, pools) for _ in pool], [c for pool in pools for c in pool], config.batch_size * 4).tolist())
-        margins = [{c: next(flat) for c in pool} for pool in pools]
+        margins = pool_margins(vlm, images, pools, config.batch_size * 4)
     captions = [r["caption"] for r in records]
     by_signal = signal_scores(vlm, images, captions, pools, margins, config.identify, lexicon, bans, None, config.max_new_tokens)
     kept = {name: scores for name, scores in by_signal.items() if informative(scores)}
@@ -145,8 +144,7 @@ def teacher_examples(vlm, images: list[Image.Image], config: DetectorConfig, lex
     """(coarse, fine) lists of (mention state, image states, teacher h) for a batch of unlabelled images."""
     n = len(images)
     captions = vlm.generate(images, [CAPTION_PROMPT] * n, max_new_tokens=config.max_new_tokens)
-    flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], config.batch_size * 4)
-    margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
+    margins = pool_margins(vlm, images, [pool] * n, config.batch_size * 4)
     asked = [sorted({m.category for m in lexicon.find(c)} & set(pool)) for c in captions]
     by_signal = signal_scores(vlm, images, captions, asked, margins, config.teacher, lexicon, bans, None, config.max_new_tokens)
     teacher = [combine([scores[i] for scores in by_signal.values()]) for i in range(n)]

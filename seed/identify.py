@@ -102,6 +102,12 @@ def yes_margin(vlm, images: list[Image.Image], categories: list[str], batch_size
     return margins
 
 
+def pool_margins(vlm, images: list[Image.Image], pools: Sequence[Sequence[str]], batch_size: int = 64) -> list[dict[str, float]]:
+    """The self-probe's yes-margin (:func:`yes_margin`) of every category of each image's pool."""
+    flat = iter(yes_margin(vlm, [im for im, pool in zip(images, pools) for _ in pool], [c for pool in pools for c in pool], batch_size).tolist())
+    return [{c: next(flat) for c in pool} for pool in pools]
+
+
 def consistency_scores(mentions: list[set[str]], samples: int, categories: list[str]) -> dict[str, float]:
     """h(c) = (S − k + ½)/(S + 1) for a category named in k of S sampled responses (Jeffreys prior)."""
     return {c: (samples - sum(c in m for m in mentions) + 0.5) / (samples + 1) for c in categories}
@@ -337,8 +343,7 @@ def identify_images(
     """Probe and score a batch of captioned images (method.md §2); ``batch_size`` × 4 probes per forward."""
     pool = list(config.categories or sorted(bans.category_ids()))  # default: every category the tokenizer can spell
     n = len(images)
-    flat = yes_margin(vlm, [im for im in images for _ in pool], [c for _ in images for c in pool], batch_size * 4)
-    margins = [dict(zip(pool, flat[i * len(pool) : (i + 1) * len(pool)].tolist())) for i in range(n)]
+    margins = pool_margins(vlm, images, [pool] * n, batch_size * 4)
     # The costly evidence signal scores what the caption names and what the model most wants to affirm.
     mentioned = [sorted({m.category for m in lexicon.find(c)} & set(pool)) for c in captions]
     candidates = []
