@@ -31,9 +31,9 @@ from seed.adapters import load_spec
 from seed.config import Decoding, EvolveConfig, ModelSpec
 from seed.datasets import resolve_datasets
 from seed.distill import distill
-from seed.evaluation.pope.scoring import parse_answer
+from seed.evaluation.pope import join_answers, load_answers, load_questions, parse_answer
 from seed.evolve import best_round, evaluate, evolve, keeps_recall, selection_metrics
-from seed.io import iter_jsonl, library_versions, read_json, write_json
+from seed.io import library_versions, read_json, write_json
 from seed.targets import load_shards
 from seed.world import World, WorldConfig, build_world
 from seed.world.scenes import BiasConfig
@@ -74,13 +74,12 @@ def bootstrap_gain(
 
 def pope_counts(questions: str | Path, answers: str | Path) -> np.ndarray:
     """[TP, FP, FN] per image of a POPE answers file (yes = positive, official parser), the images
-    of the question file in name order."""
-    said = {a["question_id"]: parse_answer(a["text"]) == "yes" for a in iter_jsonl(answers)}
-    questions = list(iter_jsonl(questions))
-    row = {name: i for i, name in enumerate(sorted({q["image"] for q in questions}))}
+    of the question file in name order; answers are joined to questions as ``seed eval`` joins them."""
+    pairs = join_answers(load_questions(questions).questions, load_answers(answers))
+    row = {name: i for i, name in enumerate(sorted({q["image"] for q, _ in pairs}))}
     counts = np.zeros((len(row), 3))
-    for q in questions:
-        truth, yes = q["label"] == "yes", said[q["question_id"]]
+    for q, a in pairs:
+        truth, yes = q["label"] == "yes", parse_answer(a["answer"]) == "yes"
         if yes or truth:
             counts[row[q["image"]], 0 if yes and truth else 1 if yes else 2] += 1
     return counts
