@@ -8,7 +8,8 @@ within each world, the same resample for method and base).
 
 World seeds must be ones no default was chosen on (seed 0 chose the world and the recipe). Rows
 per world: ``base``; ``seed`` (default ``seed evolve``: its identification, rounds kept on the
-world's val split); ``oracle`` (the same with ``--identify oracle``); ``sft`` and ``forward-kl``
+world's val split); ``oracle`` (the same with ``--identify oracle``, a ceiling: it runs all
+``--oracle-rounds`` rounds and keeps the best on val); ``sft`` and ``forward-kl``
 (one round from the base on the SAME shards as SEED's round 1, SEED's hyperparameters);
 ``vcd`` and ``purified`` (decoding-time baselines on the base). On the first world the round-1
 distillation is repeated with every further ``--distill-seeds`` seed (distillation seed variance).
@@ -32,6 +33,7 @@ from seed.config import Decoding, EvolveConfig, ModelSpec
 from seed.datasets import resolve_datasets
 from seed.distill import distill
 from seed.evaluation.pope import join_answers, load_answers, load_questions, parse_answer
+from seed.errors import SeedError
 from seed.evolve import best_round, evaluate, evolve, keeps_recall, selection_metrics
 from seed.io import library_versions, read_json, write_json
 from seed.targets import load_shards
@@ -115,11 +117,14 @@ def check_rows_folder(out: Path, options: dict) -> None:
         raise SystemExit(f"error: {out} holds rows of another world or other options; choose another --out")
 
 
-def world_rows(world: World, out: Path, methods: Sequence[str], config: EvolveConfig, distill_seeds: Sequence[int]) -> dict[str, dict]:
+def world_rows(
+    world: World, out: Path, methods: Sequence[str], config: EvolveConfig, distill_seeds: Sequence[int], oracle_rounds: int
+) -> dict[str, dict]:
     """Every row of ``methods`` on one world: {row: {"eval", "dir", "guard"?}}, each kept in OUT/<row>."""
     config = dataclasses.replace(config, world=str(world.root))
     spec, data = resolve_datasets(ModelSpec(), config)
-    check_rows_folder(out, {"world": read_json(world.root / "world.json")["config"], "evolve": dataclasses.asdict(config)})
+    world_config = read_json(world.root / "world.json")["config"]
+    check_rows_folder(out, {"world": world_config, "evolve": dataclasses.asdict(config), "oracle_rounds": oracle_rounds})
     rows: dict[str, dict] = {}
 
     def row(name: str, run: Callable[[Path], dict]) -> None:
@@ -136,6 +141,8 @@ def world_rows(world: World, out: Path, methods: Sequence[str], config: EvolveCo
         def run(folder: Path) -> dict:
             identify = dataclasses.replace(config.purify.identify, **({"signals": signals} if signals else {}))
             run_config = dataclasses.replace(config, purify=dataclasses.replace(config.purify, identify=identify))
+            if "oracle" in signals:  # the ceiling: every round, the best kept on val
+                run_config = dataclasses.replace(run_config, rounds=oracle_rounds, patience=oracle_rounds)
             history = evolve(spec, out=folder, config=run_config)
             kept = best_round(history["rounds"], run_config)
             figures = kept or history["rounds"][0]
@@ -222,20 +229,28 @@ def markdown(summary: dict[str, dict]) -> str:
 def replicate(
     seeds: Sequence[int], bias: BiasConfig, out: Path, methods: Sequence[str] = METHODS, *,
     config: EvolveConfig | None = None, world_config: WorldConfig | None = None, distill_seeds: Sequence[int] = (0, 1), draws: int = 1000,
+    oracle_rounds: int = 6,
 ) -> dict:  # fmt: skip
     """Build (or reuse) the worlds of ``seeds`` with ``bias`` and run every method on each."""
     start = time.time()
     config = config or EvolveConfig()
-    worlds = {}
-    for k, seed in enumerate(seeds):
+    worlds, refused = {}, {}
+    for seed in seeds:
         world_cfg = dataclasses.replace(world_config or WorldConfig(), seed=seed, bias=bias)
-        world = World(build_world(config=world_cfg))
-        worlds[seed] = (world, world_rows(world, out / f"world-{seed}", methods, config, distill_seeds if k == 0 else ()))
+        try:
+            world = World(build_world(config=world_cfg))
+        except SeedError as e:  # a build whose model does not look at the image: reported, not measured
+            refused[seed] = str(e)
+            continue
+        first = not worlds
+        worlds[seed] = (world, world_rows(world, out / f"world-{seed}", methods, config, distill_seeds if first else (), oracle_rounds))
+    if not worlds:
+        raise SystemExit(f"error: no usable world among seeds {', '.join(map(str, seeds))}")
     summary = summarise(worlds, draws)
     result = {
-        "seeds": list(seeds), "bias": dataclasses.asdict(bias), "methods": list(methods), "summary": summary,
+        "seeds": list(worlds), "refused": refused, "bias": dataclasses.asdict(bias), "methods": list(methods), "summary": summary,
         "worlds": {s: rows for s, (_, rows) in worlds.items()}, "evolve": dataclasses.asdict(config),
-        "versions": library_versions(), "seconds": round(time.time() - start, 1),
+        "oracle_rounds": oracle_rounds, "versions": library_versions(), "seconds": round(time.time() - start, 1),
     }  # fmt: skip
     write_json(out / "replicate.json", result)
     return result
@@ -249,6 +264,7 @@ def main() -> None:
     p.add_argument("--cooccur", type=float, default=BiasConfig.cooccur)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--distill-seeds", default="0,1", help="distillation seeds of the first world's round 1 (variance)")
+    p.add_argument("--oracle-rounds", type=int, default=6, help="rounds of the oracle ceiling (all run, the best on val kept)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws")
     p.add_argument("--out", default="runs/replicate")
     args = p.parse_args()
@@ -258,8 +274,10 @@ def main() -> None:
         raise SystemExit(f"error: unknown --methods {', '.join(unknown)} (choose from {', '.join(METHODS)})")
     bias = BiasConfig(args.caption_bias, args.answer_bias, args.cooccur)
     seeds = [int(s) for s in args.seeds.split(",")]
-    result = replicate(seeds, bias, Path(args.out), methods, distill_seeds=[int(s) for s in args.distill_seeds.split(",")], draws=args.bootstrap)
-    print(f"worlds {', '.join(map(str, seeds))} ({json.dumps(result['bias'])}), test split, mean ± sd over worlds, in %:\n")
+    result = replicate(seeds, bias, Path(args.out), methods, distill_seeds=[int(s) for s in args.distill_seeds.split(",")], draws=args.bootstrap, oracle_rounds=args.oracle_rounds)
+    for seed, why in result["refused"].items():
+        print(f"world {seed} refused: {why}")
+    print(f"worlds {', '.join(map(str, result['seeds']))} ({json.dumps(result['bias'])}), test split, mean ± sd over worlds, in %:\n")
     print(markdown(result["summary"]))
     print(f"\nwrote {Path(args.out) / 'replicate.json'} in {result['seconds']:.0f} s")
 

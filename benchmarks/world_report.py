@@ -7,7 +7,8 @@ non-partner class (per absent class). Then, on the biased world's own captions, 
 identification signal (the lens at layer 0 and as a logit lens at every layer) tells a
 hallucinated object from a present one (AUROC, and precision /
 recall / F1 of the flag h > 0.5), as ``seed detect --annotations`` scores them. With ``--oracle``,
-the ceiling: ``seed evolve --identify oracle`` on the world (rounds kept on val, figures from test).
+the ceiling: ``seed evolve --identify oracle`` on the world (``--oracle-rounds`` rounds, all run,
+the best on val kept; figures from test).
 
     python benchmarks/world_report.py [--seed 0 | --world DIR --control DIR] [--oracle] [--output report.json]
 """
@@ -91,9 +92,10 @@ def signal_quality(world: World, captions: list[dict], limit: int) -> dict:
     return out
 
 
-def oracle_ceiling(world: World, out: Path) -> dict:
-    """``seed evolve --identify oracle`` on the world: test figures of round 0 and the kept round."""
-    config = EvolveConfig(world=str(world.root), purify=PurifyConfig(IdentifyConfig(signals=("oracle",))))
+def oracle_ceiling(world: World, out: Path, rounds: int) -> dict:
+    """``seed evolve --identify oracle`` on the world, every one of ``rounds`` rounds: test figures of
+    round 0 and the round kept on val."""
+    config = EvolveConfig(world=str(world.root), purify=PurifyConfig(IdentifyConfig(signals=("oracle",))), rounds=rounds, patience=rounds)
     history = evolve(out=out, config=config)
     rounds = {e["round"]: e["eval"] for e in history["rounds"]}
     return {"before": rounds[0], "after": rounds[history["best_round"]], "kept_round": history["best_round"]}
@@ -106,6 +108,7 @@ def main() -> None:
     ap.add_argument("--control", type=Path, help="its matched control (default: the control of --seed)")
     ap.add_argument("--signal-captions", type=int, default=300, help="test captions the signals judge")
     ap.add_argument("--oracle", type=Path, help="also run oracle SEED into this folder: the ceiling")
+    ap.add_argument("--oracle-rounds", type=int, default=6, help="rounds of the oracle ceiling")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
     world = World.existing(args.world) if args.world else World(build_world(seed=args.seed))
@@ -132,7 +135,7 @@ def main() -> None:
     console.print(detection_table(signals))
     result = {"worlds": rows, "signals": signals}
     if args.oracle:
-        result["oracle"] = oracle_ceiling(world, args.oracle)
+        result["oracle"] = oracle_ceiling(world, args.oracle, args.oracle_rounds)
         o = result["oracle"]
         console.print(
             "oracle SEED (kept round {}): adversarial F1 {:.1f} → {:.1f}, CHAIR_i {:.1f} → {:.1f}".format(

@@ -15,6 +15,7 @@ import torch
 
 from seed.config import Decoding, PopeConfig
 from seed.decoding import ContrastiveDecoding
+from seed.errors import SeedError
 from seed.evaluation import pope
 from seed.evaluation import runner
 from seed.evaluation import yes_no
@@ -310,3 +311,14 @@ def test_cli_chair_captions_from_a_model(tiny, tmp_path, monkeypatch):
     assert len(captions) == result["metrics"]["n"] == 4
     assert {c["prompt"] for c in captions} == {CAPTION_PROMPT}
     assert result["manifest"]["model"] == str(tiny["model"]) and result["manifest"]["captions"]["path"].endswith("chair.captions.jsonl")
+
+
+def test_a_world_whose_model_does_not_look_is_refused(tiny):
+    from seed.world import World, check_world_model
+
+    world = World(tiny["root"], val_split="test")
+    config = PopeConfig(splits=("random",), images=str(tiny["images"]), questions=str(tiny["qfile"]))
+    f1 = pope.evaluate_pope(tiny["vlm"], config)["metrics"]["f1"]
+    assert check_world_model(world, min_f1=f1) == pytest.approx(f1)
+    with pytest.raises(SeedError, match=rf"F1 {f1:.2f} < {f1 + 0.01}: it did not learn to answer from the image"):
+        check_world_model(world, min_f1=f1 + 0.01)

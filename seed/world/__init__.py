@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from seed.adapters import load
+from seed.config import PopeConfig
 from seed.errors import SeedError
 from seed.evaluation.pope import SPLITS as POPE_SPLITS
-from seed.evaluation.pope import build_pope, write_questions
+from seed.evaluation.pope import build_pope, evaluate_pope, write_questions
 from seed.coco import load_coco
 from seed.io import library_versions, md5_strings, write_json
 from seed.prompts import CAPTION_PROMPT, ONE_WORD_SUFFIX, SHORT_ANSWER_SUFFIX
@@ -41,6 +43,7 @@ from seed.world.vocab import CLASS_NAMES
 SPLITS = ("train", "purify", "val", "test")
 FORMAT_VERSION = 3
 VISION_LABELS = ("captions", "annotations")
+MIN_VAL_F1 = 0.7  # below it the model answers yes/no without looking at the image: no test bed
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,11 @@ def build_world(
     processor.save_pretrained(built.model)
     for split in (built.val_split, built.eval_split):
         _build_pope(built, split, config.seed)
+    try:
+        val_f1 = check_world_model(built)
+    except SeedError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     losses = {"vision": vision_loss, "text": text_loss, "align": align_loss, "multimodal": lm_loss}
     write_json(
         tmp / "world.json",
@@ -250,6 +258,7 @@ def build_world(
             "config": asdict(config),
             "build_seconds": round(time.time() - start, 1),
             "final_loss": {k: round(v, 4) for k, v in losses.items()},
+            "val_pope_random_f1": round(val_f1, 4),
             "training_sequences": {"text": len(documents), "multimodal": len(items)},
             "versions": library_versions(),
         },
@@ -259,6 +268,21 @@ def build_world(
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, path)
     return path
+
+
+def check_world_model(world: World, min_f1: float = MIN_VAL_F1) -> float:
+    """POPE-random F1 of a world's model on its val split. A build whose model scores below
+    ``min_f1`` learnt to caption but not to answer from the image (it happens to a seed now and
+    then): it is refused rather than cached, so that no score is ever measured on it."""
+    vlm = load(str(world.model), device="cpu")
+    config = PopeConfig(splits=("random",), images=str(world.images(world.val_split)), questions=world.pope(world.val_split))
+    f1 = evaluate_pope(vlm, config)["metrics"]["f1"]
+    if f1 < min_f1:
+        raise SeedError(
+            f"the world's model answers its val POPE-random questions at F1 {f1:.2f} < {min_f1}: it did not learn to "
+            "answer from the image, so this build is no test bed; build another --seed"
+        )
+    return f1
 
 
 def training_text(rng: np.random.Generator, scenes: list[Scene], captions: list[str], bias: BiasConfig):
