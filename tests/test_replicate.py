@@ -73,3 +73,20 @@ def test_a_rows_folder_refuses_rows_of_another_world(tmp_path):
 def test_one_world_has_no_sd():
     summary = {"seed": {"worlds": 1, "mean": {"F1 adversarial": 89.0, "CHAIR_i": None}, "sd": {"F1 adversarial": None, "CHAIR_i": None}, "guard_failures": 0}}
     assert replicate.markdown(summary).splitlines()[2] == "| seed | 89.0 | n/a |  |  | 0/1 |"
+
+
+def test_a_refused_world_is_reported_and_the_others_measured(tmp_path, monkeypatch):
+    def build(config):
+        if config.seed == 1:
+            raise replicate.SeedError("F1 0.43 < 0.7: it did not learn to answer from the image")
+        return tmp_path / f"world-{config.seed}"
+
+    measured = []
+    monkeypatch.setattr(replicate, "build_world", build)
+    monkeypatch.setattr(replicate, "world_rows", lambda world, out, *a: measured.append(world.root.name) or {})
+    monkeypatch.setattr(replicate, "summarise", lambda worlds, draws: {})
+    result = replicate.replicate([1, 2], replicate.BiasConfig(), tmp_path / "out", ["base"])
+    assert measured == ["world-2"] and result["seeds"] == [2] and "did not learn" in result["refused"][1]
+    monkeypatch.setattr(replicate, "build_world", lambda config: build(replicate.WorldConfig(seed=1)))
+    with pytest.raises(SystemExit, match="no usable world"):
+        replicate.replicate([1], replicate.BiasConfig(), tmp_path / "out", ["base"])
