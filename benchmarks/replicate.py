@@ -13,8 +13,8 @@ world's val split); ``oracle`` (the same with ``--identify oracle``, a ceiling: 
 (one round from the base on the SAME shards as SEED's round 1, SEED's hyperparameters);
 ``vcd`` and ``purified`` (decoding-time baselines on the base). On the first world the round-1
 distillation is repeated with every further ``--distill-seeds`` seed (distillation seed variance).
-A row is kept in OUT/world-<seed>/<row>/ and reused by a rerun. Prints a markdown table; writes
-OUT/replicate.json.
+A row is kept in OUT/world-<seed>/<row>/ and reused by a rerun. A seed whose build the world's
+model check refuses is reported and left out. Prints a markdown table; writes OUT/replicate.json.
 """
 
 from __future__ import annotations
