@@ -92,10 +92,11 @@ def signal_quality(world: World, captions: list[dict], limit: int) -> dict:
     return out
 
 
-def oracle_ceiling(world: World, out: Path, rounds: int) -> dict:
-    """``seed evolve --identify oracle`` on the world, every one of ``rounds`` rounds: test figures of
-    round 0 and the round kept on val."""
-    config = EvolveConfig(world=str(world.root), purify=PurifyConfig(IdentifyConfig(signals=("oracle",))), rounds=rounds, patience=rounds)
+def oracle_ceiling(world: World, out: Path, max_rounds: int) -> dict:
+    """``seed evolve --identify oracle`` on the world, every one of ``max_rounds`` rounds: test
+    figures of round 0 and the round kept on val."""
+    oracle = PurifyConfig(IdentifyConfig(signals=("oracle",)))
+    config = EvolveConfig(world=str(world.root), purify=oracle, rounds=max_rounds, patience=max_rounds)
     history = evolve(out=out, config=config)
     rounds = {e["round"]: e["eval"] for e in history["rounds"]}
     return {"before": rounds[0], "after": rounds[history["best_round"]], "kept_round": history["best_round"]}
