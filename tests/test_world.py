@@ -78,6 +78,17 @@ def test_variants_have_their_own_cache_folders(monkeypatch, tmp_path):
         World.existing(tmp_path / "nothing")
 
 
+def test_an_interrupted_build_leaves_nothing_behind(monkeypatch, tmp_path):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(world_module, "build_processor", interrupt)  # after the scenes are drawn
+    config = WorldConfig(sizes={"train": 2, "purify": 1, "val": 1, "test": 1})
+    with pytest.raises(KeyboardInterrupt):
+        world_module.build_world(tmp_path / "w", config=config)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_weight_is_set_from_embeddings_or_heads():
     """The world's build never writes a parameter in place: every weight is learnt by a loss."""
     source = Path(world_module.__file__).parent

@@ -182,10 +182,23 @@ def build_world(
     if device not in ("auto", "cpu"):
         raise SeedError("the embedded world trains on the CPU; use --device cpu (or auto)")
 
-    start = time.time()
     tmp = path.parent / f".{path.name}.building-{os.getpid()}"
-    built = World(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _build(World(tmp), config)
+    except BaseException:  # a refused model, an error or an interrupt: leave nothing half-built
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _build(built: World, config: WorldConfig) -> None:
+    """Draw, train and check a world into ``built`` (a temporary folder :func:`build_world` renames)."""
+    start = time.time()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     mcfg, tcfg = config.model, config.train
@@ -246,14 +259,10 @@ def build_world(
     processor.save_pretrained(built.model)
     for split in (built.val_split, built.eval_split):
         _build_pope(built, split, config.seed)
-    try:
-        val_f1 = check_world_model(built)
-    except SeedError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    val_f1 = check_world_model(built)
     losses = {"vision": vision_loss, "text": text_loss, "align": align_loss, "multimodal": lm_loss}
     write_json(
-        tmp / "world.json",
+        built.root / "world.json",
         {
             "config": asdict(config),
             "build_seconds": round(time.time() - start, 1),
@@ -263,11 +272,6 @@ def build_world(
             "versions": library_versions(),
         },
     )
-    if path.exists():
-        shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, path)
-    return path
 
 
 def check_world_model(world: World, min_f1: float = MIN_VAL_F1) -> float:
