@@ -27,7 +27,7 @@ FLOORS = {
     "seed.evolve": 8, "seed.datasets": 8,
     "seed.options": 9, "seed.cli": 9, "seed": 9, "seed.__main__": 9,
 }  # fmt: skip
-RECIPES = {"evolve", "build_world"}  # may read top to bottom at any length
+RECIPES = {"evolve", "_build_world_into"}  # may read top to bottom at any length
 
 
 def module_name(path: Path) -> str:

@@ -185,7 +185,7 @@ def build_world(
     tmp = path.parent / f".{path.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _build(World(tmp), config)
+        _build_world_into(World(tmp), config)
     except BaseException:  # a refused model, an error or an interrupt: leave nothing half-built
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -196,7 +196,7 @@ def build_world(
     return path
 
 
-def _build(built: World, config: WorldConfig) -> None:
+def _build_world_into(built: World, config: WorldConfig) -> None:
     """Draw, train and check a world into ``built`` (a temporary folder :func:`build_world` renames)."""
     start = time.time()
     torch.manual_seed(config.seed)
