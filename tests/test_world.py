@@ -2,6 +2,7 @@
 weight is set by hand from embeddings or heads (the property identification signals read)."""
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -78,15 +79,19 @@ def test_variants_have_their_own_cache_folders(monkeypatch, tmp_path):
         World.existing(tmp_path / "nothing")
 
 
-def test_an_interrupted_build_leaves_nothing_behind(monkeypatch, tmp_path):
+def test_a_failed_or_killed_build_leaves_nothing_behind(monkeypatch, tmp_path):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(world_module, "build_processor", interrupt)  # after the scenes are drawn
     config = WorldConfig(sizes={"train": 2, "purify": 1, "val": 1, "test": 1})
+    killed = tmp_path / ".w.building-999999999"  # a build killed outright: no such process
+    (killed / "model").mkdir(parents=True)
+    running = tmp_path / f".w.building-{os.getppid()}"  # another build of the same world, still running
+    running.mkdir()
     with pytest.raises(KeyboardInterrupt):
         world_module.build_world(tmp_path / "w", config=config)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [running]
 
 
 def test_no_weight_is_set_from_embeddings_or_heads():

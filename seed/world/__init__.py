@@ -182,6 +182,9 @@ def build_world(
     if device not in ("auto", "cpu"):
         raise SeedError("the embedded world trains on the CPU; use --device cpu (or auto)")
 
+    for stale in path.parent.glob(f".{path.name}.building-*"):  # left by a killed build
+        if not _running(stale.name.rpartition("-")[2]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent / f".{path.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -194,6 +197,17 @@ def build_world(
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, path)
     return path
+
+
+def _running(pid: str) -> bool:
+    """Whether ``pid`` names a live process of this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _build_world_into(built: World, config: WorldConfig) -> None:
