@@ -34,7 +34,7 @@ from seed.datasets import resolve_datasets
 from seed.distill import distill
 from seed.evaluation.pope import join_answers, load_answers, load_questions, parse_answer
 from seed.errors import SeedError
-from seed.evolve import best_round, evaluate, evolve, keeps_recall, selection_metrics
+from seed.evolve import best_round, evaluate, evolve, in_yes_window, keeps_recall, selection_metrics
 from seed.io import library_versions, read_json, write_json
 from seed.targets import load_shards
 from seed.world import World, WorldConfig, build_world
@@ -99,10 +99,9 @@ def guard_failure(history: dict, config: EvolveConfig) -> str | None:
     kept = best_round(history["rounds"], config)
     if kept is None:
         return "no trained round"
-    _, yes = selection_metrics(kept, config.selection_split)
-    lo, hi = config.yes_ratio
-    if not lo <= yes <= hi:
-        return f"val yes-ratio {yes:.3f} outside [{lo}, {hi}]"
+    if not in_yes_window(kept, config):
+        _, yes = selection_metrics(kept, config.selection_split)
+        return f"val yes-ratio {yes:.3f} outside [{config.yes_ratio[0]}, {config.yes_ratio[1]}]"
     if not keeps_recall(kept, history["rounds"], config):
         return f"val caption recall below {config.min_recall:.0%} of the base's"
     return None

@@ -97,6 +97,11 @@ def _window_distance(yes_ratio: float, window: tuple[float, float]) -> float:
     return max(lo - yes_ratio, 0.0, yes_ratio - hi)
 
 
+def in_yes_window(entry: dict, config: EvolveConfig) -> bool:
+    """Whether the entry's yes-ratio on the selection split lies inside ``config.yes_ratio``."""
+    return _window_distance(selection_metrics(entry, config.selection_split)[1], config.yes_ratio) == 0.0
+
+
 def keeps_recall(entry: dict, rounds: Sequence[dict], config: EvolveConfig) -> bool:
     """Whether the entry's caption object recall is at least ``min_recall`` of round 0's."""
     base = next((e for e in rounds if e["round"] == 0), None)
@@ -112,8 +117,7 @@ def best_round(rounds: Sequence[dict], config: EvolveConfig) -> dict | None:
         return max(trained, key=lambda e: e["round"], default=None)
 
     def rank(entry):
-        f1, yes = selection_metrics(entry, config.selection_split)
-        return (_window_distance(yes, config.yes_ratio) == 0.0, keeps_recall(entry, rounds, config), f1)
+        return (in_yes_window(entry, config), keeps_recall(entry, rounds, config), selection_metrics(entry, config.selection_split)[0])
 
     return max(trained, key=rank)
 
