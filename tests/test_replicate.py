@@ -90,3 +90,16 @@ def test_a_refused_world_is_reported_and_the_others_measured(tmp_path, monkeypat
     monkeypatch.setattr(replicate, "build_world", lambda config: build(replicate.WorldConfig(seed=1)))
     with pytest.raises(SystemExit, match="no usable world"):
         replicate.replicate([1], replicate.BiasConfig(), tmp_path / "out", ["base"])
+
+
+def test_a_guard_failure_names_the_guard_the_kept_round_fails():
+    config = replicate.EvolveConfig()
+    def entry(r, yes, recall):
+        figures = {"pope": {config.selection_split: {"f1": 0.8 + r / 100, "yes_ratio": yes}}, "chair": {"recall": recall}}
+        return {"round": r, "val": figures, "eval": figures}
+
+    base = entry(0, 0.5, 0.8)
+    assert replicate.guard_failure({"rounds": [base, entry(1, 0.5, 0.8)]}, config) is None
+    assert replicate.guard_failure({"rounds": [base, entry(1, 0.7, 0.8)]}, config).startswith("val yes-ratio 0.700 outside")
+    assert "recall below" in replicate.guard_failure({"rounds": [base, entry(1, 0.5, 0.1)]}, config)
+    assert replicate.guard_failure({"rounds": [base]}, config) == "no trained round"
